@@ -1,0 +1,194 @@
+"""Masks: hold pruned weights at exactly zero while a model trains, without changing it.
+
+A mask dict is ``{module_name: {"weight": 0/1 tensor, "bias": 0/1 tensor}}``, each
+mask the shape of the tensor it masks. Wrapping keeps the model object, its module
+classes and its names (NNI scripts rely on that): it only adds hooks.
+
+- a forward pre-hook re-applies the masks before every forward pass, so forward
+  passes see masked weights even if something wrote into them;
+- a gradient hook masks the gradient, so optimizers build no momentum on pruned
+  weights;
+- a global optimizer step post-hook re-applies the masks after every
+  ``optimizer.step()`` of any optimizer, so pruned weights are exactly zero between
+  steps too, whatever momentum or weight decay the optimizer carries.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from tune_prune.errors import ConfigError
+
+Masks = dict[str, dict[str, torch.Tensor]]
+
+_MASKS_ATTR = "_tune_prune_masks"
+_HANDLES_ATTR = "_tune_prune_handles"
+_WRAPPED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_STEP_HOOK = None
+
+
+def _reapply_all(*_args: object, **_kwargs: object) -> None:
+    for module in list(_WRAPPED):
+        _apply_module_masks(module)
+
+
+def _ensure_step_hook() -> None:
+    global _STEP_HOOK
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_reapply_all)
+
+
+@torch.no_grad()
+def _apply_module_masks(module: nn.Module) -> None:
+    for pname, mask in getattr(module, _MASKS_ATTR, {}).items():
+        param = getattr(module, pname, None)
+        if isinstance(param, torch.Tensor):
+            param.mul_(mask)
+
+
+def _forward_pre_hook(module: nn.Module, _args: object) -> None:
+    _apply_module_masks(module)
+
+
+def _check_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    modules = dict(model.named_modules())
+    for name, per_param in masks.items():
+        if name not in modules:
+            raise ConfigError(f"masks: module {name!r} is not in the model")
+        for pname, mask in per_param.items():
+            param = getattr(modules[name], pname, None)
+            if not isinstance(param, torch.Tensor):
+                raise ConfigError(f"masks[{name!r}]: the module has no tensor {pname!r}")
+            if tuple(mask.shape) != tuple(param.shape):
+                raise ConfigError(
+                    f"masks[{name!r}][{pname!r}]: shape {tuple(mask.shape)} does not match "
+                    f"the tensor's shape {tuple(param.shape)}"
+                )
+
+
+def is_wrapped(model: nn.Module) -> bool:
+    """True when any submodule of ``model`` carries masks."""
+    return any(hasattr(m, _MASKS_ATTR) for m in model.modules())
+
+
+def wrap_model(model: nn.Module, masks: Masks) -> nn.Module:
+    """Hold ``masks`` on ``model`` (in place) until :func:`unwrap_model`; returns ``model``.
+
+    Wrapping an already wrapped model replaces the masks of the named modules.
+    """
+    _check_masks(model, masks)
+    _ensure_step_hook()
+    modules = dict(model.named_modules())
+    for name, per_param in masks.items():
+        module = modules[name]
+        _remove_module_hooks(module)
+        held = {}
+        handles = [module.register_forward_pre_hook(_forward_pre_hook)]
+        for pname, mask in per_param.items():
+            param = getattr(module, pname)
+            mask = mask.detach().to(device=param.device, dtype=param.dtype)
+            held[pname] = mask
+            if param.requires_grad:
+                handles.append(param.register_hook(lambda grad, m=mask: grad * m))
+        setattr(module, _MASKS_ATTR, held)
+        setattr(module, _HANDLES_ATTR, handles)
+        _apply_module_masks(module)
+        _WRAPPED.add(module)
+    return model
+
+
+def _remove_module_hooks(module: nn.Module) -> None:
+    for handle in getattr(module, _HANDLES_ATTR, []):
+        handle.remove()
+    for attr in (_HANDLES_ATTR, _MASKS_ATTR):
+        if hasattr(module, attr):
+            delattr(module, attr)
+    _WRAPPED.discard(module)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Remove every mask hook; the weights keep their zeros. Returns the same object."""
+    for module in model.modules():
+        if hasattr(module, _MASKS_ATTR):
+            _apply_module_masks(module)
+            _remove_module_hooks(module)
+    return model
+
+
+def held_masks(model: nn.Module) -> Masks:
+    """The masks currently held on a wrapped model, keyed by module name."""
+    return {
+        name: dict(getattr(module, _MASKS_ATTR))
+        for name, module in model.named_modules()
+        if hasattr(module, _MASKS_ATTR)
+    }
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """Multiply the model's tensors by ``masks`` once (no hooks)."""
+    _check_masks(model, masks)
+    modules = dict(model.named_modules())
+    for name, per_param in masks.items():
+        for pname, mask in per_param.items():
+            param = getattr(modules[name], pname)
+            param.mul_(mask.to(device=param.device, dtype=param.dtype))
+    return model
+
+
+def merge_masks(old: Masks | None, new: Masks | None) -> Masks:
+    """Element-wise product of two mask dicts (a weight pruned in either stays pruned)."""
+    out: Masks = {name: dict(per) for name, per in (old or {}).items()}
+    for name, per_param in (new or {}).items():
+        slot = out.setdefault(name, {})
+        for pname, mask in per_param.items():
+            slot[pname] = mask if pname not in slot else slot[pname] * mask.to(slot[pname].device)
+    return out
+
+
+def masks_to(masks: Masks, device: str | torch.device = "cpu") -> Masks:
+    """A detached copy of ``masks`` on ``device``."""
+    return {n: {p: m.detach().to(device).clone() for p, m in per.items()} for n, per in masks.items()}
+
+
+def masks_from_zeros(model: nn.Module, names: list[str] | None = None) -> Masks:
+    """Masks that mark the exact zeros of the named modules' weights and biases."""
+    modules = dict(model.named_modules())
+    out: Masks = {}
+    for name in names if names is not None else [n for n in modules if n]:
+        module = modules[name]
+        per = {}
+        for pname in ("weight", "bias"):
+            param = getattr(module, pname, None)
+            if isinstance(param, torch.Tensor):
+                per[pname] = (param.detach() != 0).to(param.dtype)
+        if per:
+            out[name] = per
+    return out
+
+
+def save_masks(masks: Masks, path: str | os.PathLike[str]) -> None:
+    """Write masks atomically (temp file, then rename); load with :func:`load_masks_file`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(masks_to(masks, "cpu"), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_masks_file(path: str | os.PathLike[str]) -> Masks:
+    """Read masks written by :func:`save_masks` (weights_only: no pickled objects)."""
+    return torch.load(path, map_location="cpu", weights_only=True)

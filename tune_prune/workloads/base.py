@@ -1,0 +1,534 @@
+"""The Workload contract: a model family, its data, and how to train and score it.
+
+The search and the pruning scheduler only ever talk to a model through a Workload, so
+a new task (data set + architecture) plugs in by subclassing :class:`Workload` (or the
+in-memory helper :class:`ClassificationWorkload`) and naming it to ``get_workload``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from tune_prune.errors import ConfigError, WorkloadError
+
+try:  # POSIX only; elsewhere the cache still works but is not safe across processes.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+Batch = tuple[Tensor, Tensor]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every classification workload.
+
+    Frozen dataclass so a workload's whole configuration can be hashed into the
+    baseline cache key. Fields with ``metadata={"cache_key": False}`` (paths, devices)
+    do not change what is learned and are left out of that key.
+    """
+
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    baseline_epochs: float = 20.0
+    baseline_lr: float = 0.05
+    finetune_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # "cosine" anneals to 0 over each finetune() call; "constant" keeps lr fixed.
+    lr_schedule: str = "cosine"
+    device: str = dataclasses.field(default="auto", metadata={"cache_key": False})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        _check_epochs("baseline_epochs", self.baseline_epochs)
+        for name in ("baseline_lr", "finetune_lr"):
+            _check_lr(name, getattr(self, name))
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (self.weight_decay >= 0.0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(
+                f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
+            )
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ConfigError(f"device is not a torch device: {self.device!r}") from exc
+
+
+def _check_epochs(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+def _check_lr(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` means the GPU when there is one: same config works on laptops and nodes."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def config_hash(config: Any, extra: str = "") -> str:
+    """Stable hex digest of a config dataclass, skipping fields marked ``cache_key=False``."""
+    if not dataclasses.is_dataclass(config):
+        payload: Any = repr(config)
+    else:
+        payload = {
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if f.metadata.get("cache_key", True)
+        }
+    text = json.dumps({"config": payload, "extra": extra}, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- contract
+
+
+class Workload(ABC):
+    """What the search and the PruningScheduler need from a task.
+
+    Subclasses set ``name`` and ``config`` (a dataclass; it keys the baseline cache)
+    and implement the abstract methods. ``finetune`` must build its optimizer inside:
+    after physical channel removal an optimizer built earlier holds stale tensors.
+    """
+
+    name: ClassVar[str] = "workload"
+    higher_is_better: ClassVar[bool] = True
+    #: Bump in a subclass when ``build_model`` changes, so cached baselines are not reused.
+    model_version: ClassVar[str] = "1"
+    config: Any = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    @abstractmethod
+    def baseline_epochs(self) -> float:
+        """Epochs the dense baseline is trained for (also the unit fine-tune budgets use)."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model of the fixed architecture (weights from the global torch RNG)."""
+
+    @abstractmethod
+    def dummy_input(self) -> Tensor:
+        """A batch of 1-2 inputs on ``self.device`` for tracing (dependency graph, speedup)."""
+
+    @abstractmethod
+    def finetune(self, model: nn.Module, epochs: float, lr: float, seed: int) -> dict[str, Any]:
+        """Train ``model`` in place with a fresh optimizer; raise WorkloadError on NaN/inf."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, split: str = "val") -> float:
+        """Score of ``model`` on ``split`` (accuracy in [0, 1] unless higher_is_better=False)."""
+
+    @abstractmethod
+    def trainer(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+    ) -> None:
+        """One epoch of training with the given optimizer (NNI 2.10 ``trainer`` form)."""
+
+    # ---- defaults built on the abstract members
+
+    @property
+    def criterion(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """Loss used by ``trainer`` (NNI statistics pruners take it separately)."""
+        return nn.CrossEntropyLoss()
+
+    @property
+    def baseline_lr(self) -> float:
+        return float(getattr(self.config, "baseline_lr", 0.05))
+
+    @property
+    def traced_optimizer(self) -> OptimizerFactory:
+        """``f(params) -> optimizer`` so a pruner can rebuild it; a partial, hence picklable."""
+        cfg = self.config
+        return functools.partial(
+            torch.optim.SGD,
+            lr=float(getattr(cfg, "finetune_lr", 0.01)),
+            momentum=float(getattr(cfg, "momentum", 0.9)),
+            weight_decay=float(getattr(cfg, "weight_decay", 0.0)),
+        )
+
+    def cache_key(self) -> str:
+        """Hash of everything that changes the trained baseline (config, class, model version)."""
+        extra = f"{type(self).__module__}.{type(self).__qualname__}:{self.model_version}"
+        return config_hash(self.config, extra)
+
+    def train_baseline(self, seed: int = 0) -> nn.Module:
+        """Dense baseline: seeded init then ``baseline_epochs`` of training at ``baseline_lr``.
+
+        The global RNG is forked, so seeding here does not disturb the caller's stream.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.build_model()
+        model.to(self.device)
+        self.finetune(model, self.baseline_epochs, self.baseline_lr, seed)
+        return model
+
+    def finetuner(self, epochs: float, lr: float | None = None, seed: int = 0) -> Finetuner:
+        """Plain ``f(model)`` for ``PruningScheduler(finetuner=...)``; same seed on every call."""
+        _check_epochs("epochs", epochs)
+        lr = float(getattr(self.config, "finetune_lr", 0.01)) if lr is None else lr
+        _check_lr("lr", lr)
+        return Finetuner(self, float(epochs), float(lr), int(seed))
+
+    def evaluator(self, split: str = "val") -> Evaluator:
+        """Plain ``f(model) -> float`` for ``PruningScheduler(evaluator=...)``."""
+        _check_split(split)
+        return Evaluator(self, split)
+
+
+@dataclass
+class Finetuner:
+    """Picklable callable wrapping ``Workload.finetune``; keeps the last stats for reporting."""
+
+    workload: Workload
+    epochs: float
+    lr: float
+    seed: int = 0
+    last_stats: dict[str, Any] | None = None
+
+    def __call__(self, model: nn.Module) -> None:
+        self.last_stats = self.workload.finetune(model, self.epochs, self.lr, self.seed)
+
+
+@dataclass
+class Evaluator:
+    """Picklable callable wrapping ``Workload.evaluate``."""
+
+    workload: Workload
+    split: str = "val"
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.workload.evaluate(model, self.split)
+
+
+# --------------------------------------------------------------------------- in-memory helper
+
+
+class ClassificationWorkload(Workload):
+    """Training/evaluation loops for classification data held as tensors in memory.
+
+    Subclasses provide the model and three data hooks; batches never go through a
+    DataLoader (no workers, no per-sample Python), which keeps small workloads fast
+    and deterministic: shuffling and augmentation draw only from a seeded Generator.
+    """
+
+    config: TrainConfig
+
+    @property
+    def baseline_epochs(self) -> float:
+        return float(self.config.baseline_epochs)
+
+    @abstractmethod
+    def split_size(self, split: str) -> int:
+        """Number of samples in ``split``."""
+
+    @abstractmethod
+    def split_tensors(self, split: str) -> Batch:
+        """All of ``split`` as ``(inputs, labels)``, possibly raw (e.g. uint8)."""
+
+    def prepare_batch(self, x: Tensor, y: Tensor, train: bool, generator: torch.Generator) -> Batch:
+        """Hook: normalise / augment one batch and move it to ``self.device``."""
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch (the last partial batch is dropped)."""
+        return max(1, self.split_size("train") // self.config.batch_size)
+
+    def _train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        x, y = self.split_tensors("train")
+        n, bs = self.split_size("train"), self.config.batch_size
+        perm = torch.randperm(n, generator=generator)
+        for step in range(self.steps_per_epoch()):
+            idx = perm[step * bs : (step + 1) * bs]
+            if idx.device != x.device:
+                idx = idx.to(x.device)
+            yield self.prepare_batch(x[idx], y[idx], True, generator)
+
+    def _eval_batches(self, split: str) -> Iterator[Batch]:
+        x, y = self.split_tensors(split)
+        bs = self.config.eval_batch_size
+        dummy = torch.Generator()
+        for start in range(0, self.split_size(split), bs):
+            yield self.prepare_batch(x[start : start + bs], y[start : start + bs], False, dummy)
+
+    def dummy_input(self) -> Tensor:
+        x, _ = self.split_tensors("val")
+        return self.prepare_batch(x[:2], torch.zeros(2, dtype=torch.long), False, torch.Generator())[0]
+
+    def finetune(
+        self, model: nn.Module, epochs: float, lr: float, seed: int = 0
+    ) -> dict[str, Any]:
+        """SGD(momentum, weight decay) with a fresh optimizer; fractional epochs allowed.
+
+        ``epochs=0.5`` runs half an epoch's steps. Raises WorkloadError naming the epoch
+        when the loss turns NaN/inf (the model is left in that diverged state).
+        """
+        _check_epochs("epochs", epochs)
+        _check_lr("lr", lr)
+        cfg = self.config
+        spe = self.steps_per_epoch()
+        total = int(round(epochs * spe))
+        if total == 0:
+            return {"epochs": 0.0, "steps": 0, "final_loss": float("nan"), "seconds": 0.0}
+        model.to(self.device)
+        was_training = model.training
+        model.train()
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+        schedule = None
+        if cfg.lr_schedule == "cosine":
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        criterion = self.criterion
+        generator = torch.Generator().manual_seed(seed)
+        start, step, final_loss = time.perf_counter(), 0, float("nan")
+        for epoch in range(1, math.ceil(total / spe) + 1):
+            loss_sum = torch.zeros((), device=self.device)
+            n_steps = 0
+            for x, y in self._train_batches(generator):
+                if step >= total:
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                loss_sum += loss.detach()
+                step += 1
+                n_steps += 1
+                if n_steps % 25 == 0:
+                    self._check_finite(loss_sum, epoch, step, lr)
+            self._check_finite(loss_sum, epoch, step, lr)
+            final_loss = float(loss_sum) / max(n_steps, 1)
+            logger.debug("%s epoch %d: %d steps, loss %.4f", self.name, epoch, n_steps, final_loss)
+        model.train(was_training)
+        return {
+            "epochs": step / spe,
+            "steps": step,
+            "final_loss": final_loss,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _check_finite(self, loss_sum: Tensor, epoch: int, step: int, lr: float) -> None:
+        if not bool(torch.isfinite(loss_sum)):
+            raise WorkloadError(
+                f"{self.name}: training loss became {float(loss_sum)} in epoch {epoch} "
+                f"(by step {step}, lr={lr!r}); lower lr or check the model"
+            )
+
+    def trainer(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+        max_steps: int | None = None,
+    ) -> None:
+        """One epoch (or ``max_steps``) with the caller's optimizer, as NNI statistics pruners want.
+
+        Each call draws a new data order from a per-workload counter, so repeated calls
+        (several collection epochs) see different batches yet stay reproducible.
+        """
+        self._trainer_calls = getattr(self, "_trainer_calls", 0) + 1
+        generator = torch.Generator().manual_seed(10_000 + self._trainer_calls)
+        model.train()
+        for step, (x, y) in enumerate(self._train_batches(generator)):
+            if max_steps is not None and step >= max_steps:
+                break
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "val") -> float:
+        """Top-1 accuracy in [0, 1]; restores the model's train/eval mode afterwards."""
+        _check_split(split)
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        total = 0
+        for x, y in self._eval_batches(split):
+            correct += (model(x).argmax(dim=1) == y).sum()
+            total += y.numel()
+        model.train(was_training)
+        if total == 0:
+            raise WorkloadError(f"{self.name}: split {split!r} is empty")
+        return float(correct) / total
+
+
+# --------------------------------------------------------------------------- baseline cache
+
+
+def _baseline_paths(workload: Workload, seed: int, cache_dir: Path) -> tuple[Path, Path, Path]:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", workload.name) or "workload"
+    stem = f"{safe}-seed{seed}-{workload.cache_key()[:16]}"
+    return cache_dir / f"{stem}.pt", cache_dir / f"{stem}.json", cache_dir / f"{stem}.lock"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (flock), so concurrent Ray trials train a baseline once."""
+    if fcntl is None:  # pragma: no cover - Windows
+        logger.warning("no fcntl: baseline cache %s is not protected against concurrent writers", path)
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_baseline_metadata(
+    workload: Workload, seed: int, cache_dir: str | os.PathLike[str]
+) -> dict[str, Any] | None:
+    """The JSON stored next to a cached baseline (accuracy, epochs, ...), or None if absent."""
+    _, meta_path, _ = _baseline_paths(workload, seed, Path(cache_dir))
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _try_load(workload: Workload, seed: int, weights: Path, meta: Path) -> nn.Module | None:
+    if not (weights.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("cache_key") != workload.cache_key():
+            raise ValueError(f"cache_key mismatch: {info.get('cache_key')!r}")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = workload.build_model()
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - a bad cache entry is rebuilt, not fatal
+        logger.warning("ignoring unreadable cached baseline %s: %s", weights, exc)
+        return None
+    logger.info("loaded cached baseline %s (val score %s)", weights, info.get("val_score"))
+    return model.to(workload.device)
+
+
+def load_or_train_baseline(
+    workload: Workload, seed: int, cache_dir: str | os.PathLike[str]
+) -> nn.Module:
+    """The dense baseline for (workload, seed, config), trained at most once per cache dir.
+
+    Stored as a state_dict (never a pickled module) plus a JSON with the score, seed,
+    epochs and torch version. Writes are atomic (temp file + os.replace, JSON last as
+    the commit marker) and serialised by a file lock, so concurrent trials that miss
+    the cache wait for one trainer instead of all training.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    cache = Path(cache_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkloadError(f"cannot create baseline cache_dir {str(cache)!r}: {exc}") from exc
+    weights, meta, lock = _baseline_paths(workload, seed, cache)
+
+    model = _try_load(workload, seed, weights, meta)
+    if model is not None:
+        return model
+    with _file_lock(lock):
+        model = _try_load(workload, seed, weights, meta)  # another process may have finished
+        if model is not None:
+            return model
+        logger.info("training %s baseline (seed %d) into %s", workload.name, seed, weights)
+        start = time.perf_counter()
+        model = workload.train_baseline(seed)
+        seconds = time.perf_counter() - start
+        score = workload.evaluate(model, "val")
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        _atomic_write(weights, lambda fh: torch.save(state, fh))
+        info = {
+            "workload": workload.name,
+            "seed": seed,
+            "cache_key": workload.cache_key(),
+            "config": _jsonable_config(workload.config),
+            "epochs": workload.baseline_epochs,
+            "val_score": score,
+            "higher_is_better": workload.higher_is_better,
+            "train_seconds": round(seconds, 3),
+            "torch_version": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _atomic_write(meta, lambda fh: fh.write(json.dumps(info, indent=2)), mode="w")
+        logger.info("%s baseline: val score %.4f after %.1f s", workload.name, score, seconds)
+    return model
+
+
+def _jsonable_config(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return json.loads(json.dumps(dataclasses.asdict(config), default=repr))
+    return repr(config)
