@@ -1,0 +1,200 @@
+"""Allocation: how many units to cut in each layer, and which ones (given their metrics).
+
+Importance (a pruner's metric per unit: a channel, an element, a BatchNorm channel)
+is computed elsewhere; these functions only turn metrics into boolean *keep* masks of
+the metric's shape. A higher metric means more important. Units that were pruned
+before carry ``-inf`` so that they are pruned first and count toward the target
+(sparsity targets are fractions of the original layer, as in NNI).
+
+Counting rules (NNI 2.10):
+
+- normal: each layer prunes ``int(s * n)`` of its ``n`` units (floor) and keeps the
+  ``n - int(s * n)`` with the largest metric (``torch.topk``).
+- global: one ranking over all layers of an entry; units are counted in the weight
+  elements they mask, ``int(total_sparsity * total_elements)`` elements are to be
+  removed and, as with NNI's threshold (the k-th smallest expanded metric value),
+  the unit holding the k-th element is pruned whole, so the result overshoots by less
+  than one unit. Each layer keeps its ``n - int(cap * n)`` best units; where that cap
+  stops a layer, the next-lowest units of other layers are taken so the total is
+  still met (NNI leaves the total short there). Ties are broken by a stable sort
+  instead of NNI's "everything equal to the threshold".
+- balance: every bank (block of ``balance_gran`` aligned to the last dims) prunes
+  ``int(s * bank_size)`` elements.
+- dependency-aware: coupled channels share one summed metric and one decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tune_prune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tune_prune.pruning.dependency import ChannelGroup
+
+logger = logging.getLogger(__name__)
+
+
+def num_pruned(sparsity: float, n: int) -> int:
+    """NNI's count of pruned units: ``int(sparsity * n)`` (floor), at most ``n``."""
+    return min(n, max(0, int(sparsity * n)))
+
+
+def keep_topk(metric: Tensor, prune: int) -> Tensor:
+    """Keep mask (bool, metric's shape) keeping the ``numel - prune`` largest values."""
+    flat = metric.reshape(-1)
+    n = flat.numel()
+    keep = torch.ones(n, dtype=torch.bool, device=metric.device)
+    if prune <= 0:
+        return keep.view(metric.shape)
+    keep.zero_()
+    if prune < n:
+        idx = torch.topk(flat, n - prune, largest=True, sorted=False).indices
+        keep[idx] = True
+    return keep.view(metric.shape)
+
+
+def normal_allocation(
+    metrics: Mapping[str, Tensor], sparsities: Mapping[str, float]
+) -> dict[str, Tensor]:
+    """Per-layer allocation: each layer prunes ``int(s * n)`` units of lowest metric."""
+    return {
+        name: keep_topk(m, num_pruned(sparsities[name], m.numel())) for name, m in metrics.items()
+    }
+
+
+def global_allocation(
+    metrics: Mapping[str, Tensor],
+    unit_sizes: Mapping[str, int],
+    total_sparsity: float,
+    caps: Mapping[str, float],
+) -> dict[str, Tensor]:
+    """One ranking over all layers; see the module docstring for the counting rule.
+
+    ``unit_sizes[name]`` is the number of weight elements one unit of that layer
+    masks (a Conv2d filter: ``in/groups * kh * kw``; an element: 1).
+    """
+    names = list(metrics)
+    total = sum(metrics[n].numel() * unit_sizes[n] for n in names)
+    target = int(total_sparsity * total)
+    keeps = {
+        n: torch.ones(metrics[n].shape, dtype=torch.bool, device=metrics[n].device) for n in names
+    }
+    if target <= 0 or not names:
+        return keeps
+    values, sizes, owners, positions = [], [], [], []
+    for i, name in enumerate(names):
+        flat = metrics[name].reshape(-1).float().cpu()
+        n = flat.numel()
+        protected = keep_topk(flat, num_pruned(caps[name], n))
+        cand = (~protected).nonzero().flatten()
+        values.append(flat[cand])
+        sizes.append(torch.full((cand.numel(),), unit_sizes[name], dtype=torch.long))
+        owners.append(torch.full((cand.numel(),), i, dtype=torch.long))
+        positions.append(cand)
+    value = torch.cat(values)
+    if value.numel() == 0:
+        return keeps
+    order = torch.sort(value, stable=True).indices
+    size = torch.cat(sizes)[order]
+    before = torch.cumsum(size, 0) - size
+    chosen = order[before < target]
+    if int(size[before < target].sum()) < target:
+        logger.info(
+            "global allocation: per-layer caps allow only %d of %d elements to be pruned",
+            int(size[before < target].sum()),
+            target,
+        )
+    owner = torch.cat(owners)[chosen]
+    position = torch.cat(positions)[chosen]
+    for i, name in enumerate(names):
+        flat = keeps[name].view(-1)
+        flat[position[owner == i].to(flat.device)] = False
+    return keeps
+
+
+def _check_gran(name: str, shape: Sequence[int], gran: Sequence[int]) -> None:
+    if len(gran) > len(shape):
+        raise ConfigError(
+            f"balance_gran={list(gran)!r} has more dims than {name!r}'s weight {tuple(shape)}"
+        )
+    for g, d in zip(gran, shape[len(shape) - len(gran) :]):
+        if not isinstance(g, int) or g <= 0 or d % g:
+            raise ConfigError(
+                f"balance_gran={list(gran)!r} does not divide the last dims of {name!r}'s "
+                f"weight {tuple(shape)} (each entry must be a positive int dividing its dim)"
+            )
+
+
+def balance_allocation(name: str, metric: Tensor, sparsity: float, gran: Sequence[int]) -> Tensor:
+    """Keep mask where every bank of shape ``gran`` (aligned to the last dims) prunes
+    ``int(sparsity * bank_size)`` elements of lowest metric."""
+    shape = tuple(metric.shape)
+    _check_gran(name, shape, gran)
+    lead = shape[: len(shape) - len(gran)]
+    tail = shape[len(shape) - len(gran) :]
+    k = len(gran)
+    split: list[int] = list(lead)
+    for d, g in zip(tail, gran):
+        split += [d // g, g]
+    x = metric.reshape(split)
+    nl = len(lead)
+    block_axes = [nl + 2 * j for j in range(k)]
+    inner_axes = [nl + 2 * j + 1 for j in range(k)]
+    perm = list(range(nl)) + block_axes + inner_axes
+    xp = x.permute(perm)
+    bank = math.prod(gran)
+    banks = xp.reshape(-1, bank)
+    prune = num_pruned(sparsity, bank)
+    keep = torch.ones_like(banks, dtype=torch.bool)
+    if prune > 0:
+        keep.zero_()
+        if prune < bank:
+            idx = torch.topk(banks, bank - prune, dim=1, largest=True).indices
+            keep.scatter_(1, idx, True)
+    inverse = [perm.index(i) for i in range(len(perm))]
+    return keep.reshape(xp.shape).permute(inverse).reshape(shape)
+
+
+def dependency_allocation(
+    metrics: Mapping[str, Tensor],
+    sparsities: Mapping[str, float],
+    groups: Sequence[ChannelGroup],
+) -> dict[str, Tensor]:
+    """Dependency-aware allocation over the channel ``groups`` of the selected layers.
+
+    A group's metric is the sum of its selected members' metrics per group channel;
+    it prunes ``int(n * min member sparsity)`` of its ``n`` candidate channels (those
+    a selected member produces), the same channels in every member. With a group-conv
+    constraint (``num_groups > 1``) every contiguous block prunes
+    ``int(block_candidates * s)``. Layers in no group are allocated as in normal mode.
+    """
+    keeps = {n: torch.ones(m.shape, dtype=torch.bool, device=m.device) for n, m in metrics.items()}
+    seen: set[str] = set()
+    for group in groups:
+        selected = [n for n in group.members if n in metrics]
+        if not selected:
+            continue
+        seen.update(selected)
+        sparsity = min(float(sparsities[n]) for n in selected)
+        fused = group.gather({n: metrics[n] for n in selected})
+        candidates = group.covered(selected)
+        block = group.num_channels // max(1, group.num_groups)
+        pruned: list[int] = []
+        for b in range(max(1, group.num_groups)):
+            cand = [c for c in candidates if b * block <= c < (b + 1) * block]
+            keep = keep_topk(fused[cand], num_pruned(sparsity, len(cand)))
+            pruned.extend(c for c, k in zip(cand, keep.tolist()) if not k)
+        for name in selected:
+            idx = group.to_member(name, pruned)
+            if idx:
+                keeps[name].view(-1)[torch.as_tensor(idx, dtype=torch.long)] = False
+    rest = {n: m for n, m in metrics.items() if n not in seen}
+    keeps.update(normal_allocation(rest, sparsities))
+    return keeps

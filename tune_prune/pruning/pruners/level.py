@@ -1,0 +1,63 @@
+"""LevelPruner: fine-grained (element-wise) pruning by weight magnitude ``|w|``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from tune_prune.errors import ConfigError
+from tune_prune.pruning.pruners import allocation
+from tune_prune.pruning.pruners.base import Pruner
+
+
+class LevelPruner(Pruner):
+    """Prune the smallest-magnitude weight elements of every selected layer.
+
+    Modes: ``normal`` (per layer), ``global`` (one ranking per ``total_sparsity``
+    entry) and ``balance`` (``balance_gran=[k, ...]`` aligned to the weight's last
+    dims: every bank prunes ``int(sparsity * bank_size)`` elements). Only weights are
+    masked (no bias mask), as in NNI.
+    """
+
+    modes = ("normal", "global", "balance")
+    channel_wise = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        config_list: list[dict[str, Any]] | None = None,
+        mode: str = "normal",
+        balance_gran: Sequence[int] | None = None,
+    ) -> None:
+        if mode == "balance" and not balance_gran:
+            raise ConfigError(
+                f"LevelPruner: mode='balance' needs balance_gran (e.g. [4]), got {balance_gran!r}"
+            )
+        self.balance_gran = list(balance_gran) if balance_gran else None
+        super().__init__(model, config_list, mode=mode)
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.mode == "balance" and self.bound_model is not None:
+            modules = dict(self.bound_model.named_modules())
+            assert self.balance_gran is not None
+            for entry in self._entries:
+                for name in entry.module_names:
+                    allocation._check_gran(
+                        name, tuple(modules[name].weight.shape), self.balance_gran
+                    )
+
+    def _importance(self, name: str, module: nn.Module) -> Tensor:
+        return self._masked(name, module).abs()
+
+    def _allocate(self, model: nn.Module, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.mode != "balance":
+            return super()._allocate(model, metrics)
+        assert self.balance_gran is not None
+        sparsities = self._sparsities()
+        return {
+            name: allocation.balance_allocation(name, m, sparsities[name], self.balance_gran)
+            for name, m in metrics.items()
+        }
