@@ -1,6 +1,6 @@
 """Cost of a masked training step against a plain one (issue 2 target: at most 1.10x).
 
-Run:  ./run.sh python benchmarks/masked_step.py [--steps 200] [--batch 64]
+Run:  ./run.sh python benchmarks/masked_step.py [--steps 100] [--batch 64] [--threads 1]
 
 A small residual-free CNN on 32x32 inputs; half of every conv/linear weight masked
 (fine-grained). Both variants run the same SGD-with-momentum steps; the masked model
@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     plain, masked = make_model(), make_model()
     masks = {

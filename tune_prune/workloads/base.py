@@ -56,7 +56,7 @@ class TrainConfig:
 
     batch_size: int = 64
     eval_batch_size: int = 512
-    baseline_epochs: float = 20.0
+    baseline_epochs: float = 10.0
     baseline_lr: float = 0.05
     finetune_lr: float = 0.01
     momentum: float = 0.9
@@ -305,11 +305,11 @@ class ClassificationWorkload(Workload):
 
     def dummy_input(self) -> Tensor:
         x, _ = self.split_tensors("val")
-        return self.prepare_batch(x[:2], torch.zeros(2, dtype=torch.long), False, torch.Generator())[0]
+        return self.prepare_batch(
+            x[:2], torch.zeros(2, dtype=torch.long), False, torch.Generator()
+        )[0]
 
-    def finetune(
-        self, model: nn.Module, epochs: float, lr: float, seed: int = 0
-    ) -> dict[str, Any]:
+    def finetune(self, model: nn.Module, epochs: float, lr: float, seed: int = 0) -> dict[str, Any]:
         """SGD(momentum, weight decay) with a fresh optimizer; fractional epochs allowed.
 
         ``epochs=0.5`` runs half an epoch's steps. Raises WorkloadError naming the epoch
@@ -326,7 +326,10 @@ class ClassificationWorkload(Workload):
         was_training = model.training
         model.train()
         optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            model.parameters(),
+            lr=lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
             nesterov=cfg.momentum > 0,
         )
         schedule = None
@@ -423,7 +426,9 @@ def _baseline_paths(workload: Workload, seed: int, cache_dir: Path) -> tuple[Pat
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock (flock), so concurrent Ray trials train a baseline once."""
     if fcntl is None:  # pragma: no cover - Windows
-        logger.warning("no fcntl: baseline cache %s is not protected against concurrent writers", path)
+        logger.warning(
+            "no fcntl: baseline cache %s is not protected against concurrent writers", path
+        )
         yield
         return
     with open(path, "a+b") as fh:

@@ -16,7 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from tune_prune.errors import ConfigError, WorkloadError
-from tune_prune.workloads.base import SPLITS, Batch, ClassificationWorkload, TrainConfig, resolve_device
+from tune_prune.workloads.base import (
+    SPLITS,
+    Batch,
+    ClassificationWorkload,
+    TrainConfig,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
