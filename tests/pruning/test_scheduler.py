@@ -22,7 +22,7 @@ from tune_prune.pruning.tools import (
 )
 
 FIELDS = {"task_id", "iteration", "total_tasks", "score", "sparsity", "params", "macs",
-          "finetune_seconds", "seconds"}
+          "finetune_seconds", "seconds", "weight_sparsity"}
 
 
 def make_finetuner(x: torch.Tensor, steps: int = 2, noise: bool = False):
@@ -95,6 +95,34 @@ def test_speedup_in_the_loop_does_not_compound(tmp_path: Path) -> None:
     # Normal mode prunes the residual-coupled convs on different channels: those stay masked.
     assert "layer1.conv1" not in masks and "layer2.conv1" not in masks
     assert count_params(best) < count_params(model)  # physically smaller
+
+
+def test_channel_schedule_with_speedup_follows_the_formula_in_channel_units(tmp_path: Path) -> None:
+    """AGP on output channels with speedup: every task reaches S(1-(1-i/N)^3) of each
+    layer's ORIGINAL output channels (up to rounding), neither stalling because input
+    channels went with the layer before nor compounding past the target."""
+    model, x = build("residual"), dummy_input("residual")
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    origin_out = {n: dict(model.named_modules())[n].out_channels for n in convs}
+    seen = []
+    scheduler = PruningScheduler(
+        L1NormPruner(None, None, mode="dependency_aware", dummy_input=x),
+        AGPTaskGenerator(3, model, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], log_dir=tmp_path),
+        speedup=True, dummy_input=x, on_iteration=lambda r, m: seen.append((r, m)))
+    scheduler.compress()
+    for i, (result, m) in enumerate(seen):
+        want = 0.5 * (1 - (1 - i / 3) ** 3)
+        modules = dict(result.compact_model.named_modules())
+        for name in convs:
+            kept = modules[name].out_channels
+            mask = result.compact_model_masks.get(name, {}).get("weight")
+            if mask is not None:
+                kept = int((mask.flatten(1).abs().sum(1) != 0).sum())
+            removed = 1 - kept / origin_out[name]
+            assert want - 1.0 / origin_out[name] - 1e-9 <= removed <= want + 1e-9, (i, name, removed)
+        assert m["sparsity"] <= want + 1e-9
+        assert m["weight_sparsity"] >= m["sparsity"] - 1e-9
+    assert seen[-1][1]["sparsity"] > 0.4
 
 
 def test_no_finetuner_no_evaluator_best_is_latest(tmp_path: Path) -> None:

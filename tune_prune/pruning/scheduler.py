@@ -70,7 +70,7 @@ from tune_prune.pruning.tools._io import (
     set_model_history,
 )
 from tune_prune.pruning.tools.base import Masks, Task, TaskGenerator, TaskId, TaskResult
-from tune_prune.pruning.tools.sparsity import removed_fraction
+from tune_prune.pruning.tools.sparsity import removed_fraction, removed_weight_fraction
 
 _logger = logging.getLogger(__name__)
 
@@ -336,7 +336,8 @@ class PruningScheduler:
 
     def _measure(self, result: TaskResult) -> dict[str, Any]:
         model, masks = result.compact_model, result.compact_model_masks
-        sparsity = removed_fraction(self.task_generator.origin_model, model, masks, self._selected_names())
+        origin, names = self.task_generator.origin_model, self._selected_names()
+        sparsity = removed_fraction(origin, model, masks, names)
         macs = None
         if self.dummy_input is not None:
             try:
@@ -349,6 +350,7 @@ class PruningScheduler:
             "total_tasks": getattr(self.task_generator, "total_tasks", None),
             "score": result.score,
             "sparsity": sparsity,
+            "weight_sparsity": removed_weight_fraction(origin, model, masks, names),
             "params": count_params(model, masks),
             "macs": macs,
             "finetune_seconds": self._finetune_seconds,
