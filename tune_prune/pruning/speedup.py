@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -339,15 +339,24 @@ def _history(
     return {"format": HISTORY_FORMAT, "modules": entries}
 
 
-def rebuild_compact_model(original_model: nn.Module, history: Mapping[str, Any]) -> nn.Module:
+def rebuild_compact_model(
+    original_model: nn.Module, history: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+) -> nn.Module:
     """Shrink a freshly built original architecture in place to the compact shapes.
 
-    Parameters and BN buffers keep the original values at the kept indices, so
-    `load_state_dict(compact_state_dict)` then restores the trained compact weights.
+    ``history`` is one speedup's history, or a list of them (iterative pruning with
+    speedup in the loop), replayed in order, each relative to the model the one before
+    produced. Parameters and BN buffers keep the original values at the kept indices,
+    so `load_state_dict(compact_state_dict)` then restores the trained compact weights.
     Returns the same (modified) model object.
     """
-    if history.get("format") != HISTORY_FORMAT:
-        raise SpeedupError(f"history: format {history.get('format')!r} != {HISTORY_FORMAT!r}")
+    if isinstance(history, Sequence) and not isinstance(history, (str, bytes)):
+        for step in history:
+            rebuild_compact_model(original_model, step)
+        return original_model
+    if not isinstance(history, Mapping) or history.get("format") != HISTORY_FORMAT:
+        found = history.get("format") if isinstance(history, Mapping) else type(history).__name__
+        raise SpeedupError(f"history: format {found!r} != {HISTORY_FORMAT!r}")
     modules = dict(original_model.named_modules())
     for name, entry in history["modules"].items():
         mod = modules.get(name)

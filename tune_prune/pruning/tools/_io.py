@@ -116,9 +116,7 @@ def rebuild_model(origin_model: nn.Module, history: list[Any], state_dict: Mappi
     """A fresh model of the right (possibly compact) shape, loaded with ``state_dict``."""
     model = copy.deepcopy(origin_model)
     if history:
-        for step in history:  # each step is relative to the model the step before produced
-            out = rebuild_compact_model(model, step)
-            model = model if out is None else out
+        rebuild_compact_model(model, history)  # steps replayed in order
         set_model_history(model, history)
     if state_dict is not None:
         model.load_state_dict(state_dict)

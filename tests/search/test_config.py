@@ -1,0 +1,147 @@
+"""SearchConfig validation: every bad value is a ConfigError naming field and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tune_prune.errors import ConfigError
+from tune_prune.search.cli import build_parser, parse_config
+from tune_prune.search.config import SearchConfig, load_toml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_valid() -> None:
+    cfg = SearchConfig.create()
+    assert cfg.workload == "digits"
+    assert cfg.target_sparsity == 0.8
+    assert cfg.allowed_pruners == ["level"]
+    assert SearchConfig.create(sparsity_kind="channels").allowed_pruners == ["l1", "l2", "fpgm"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("target_sparsity", 0.0),
+        ("target_sparsity", 1.0),
+        ("target_sparsity", -0.3),
+        ("target_sparsity", "lots"),
+        ("sparsity_kind", "blocks"),
+        ("pruners", ["nope"]),
+        ("pruners", []),
+        ("generators", ["agp", "random_walk"]),
+        ("generators", []),
+        ("num_samples", 0),
+        ("max_concurrent", 0),
+        ("cpus_per_trial", 0),
+        ("gpus_per_trial", -1),
+        ("time_budget_s", -5),
+        ("multi_objective", "latency"),
+        ("early_stopping", "hyperband"),
+        ("early_stopping_rungs", [0.5, 1.5]),
+        ("early_stopping_reduction_factor", 1.0),
+        ("finetune_epochs", [-1.0]),
+        ("lr_min", 0.0),
+        ("dashboard_port", 70000),
+        ("name", "bad/name"),
+        ("min_iterations", 0),
+        ("seed", -1),
+    ],
+)
+def test_bad_value_names_field_and_value(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        SearchConfig.create(**{field: value})
+    msg = str(info.value)
+    assert field in msg
+    assert repr(value) in msg or str(value) in msg
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"min_iterations": 6, "max_iterations": 3}, ["min_iterations", "6", "max_iterations"]),
+        ({"lr_min": 0.1, "lr_max": 0.01}, ["lr_min", "0.1"]),
+        ({"pruners": ["l1"]}, ["pruners", "'l1'", "weights"]),
+        ({"speedup": True}, ["speedup"]),
+        ({"address": "auto", "num_cpus": 2}, ["num_cpus", "address"]),
+    ],
+)
+def test_cross_field_errors(values: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        SearchConfig.create(**values)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_unknown_field_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown field 'target'"):
+        SearchConfig.create(target=0.5)
+
+
+def test_toml_unknown_key_rejected(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text('workload = "digits"\ntarget_sparsty = 0.5\n')
+    with pytest.raises(ConfigError, match="target_sparsty"):
+        load_toml(p)
+
+
+def test_toml_bad_value_and_syntax(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("target_sparsity = 1.5\n")
+    with pytest.raises(ConfigError, match=r"target_sparsity=1\.5"):
+        SearchConfig.from_toml(p)
+    p.write_text("target_sparsity = = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_default_toml_equals_defaults() -> None:
+    cfg = SearchConfig.from_toml(REPO / "experiments" / "default.toml")
+    assert cfg == SearchConfig.create()
+
+
+def test_flags_override_toml(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('target_sparsity = 0.5\nnum_samples = 3\ngenerators = ["agp", "linear"]\n')
+    cfg, _ = parse_config(["--config", str(p), "--num-samples", "5", "--early-stopping", "none"])
+    assert cfg.target_sparsity == 0.5
+    assert cfg.num_samples == 5
+    assert cfg.generators == ["agp", "linear"]
+    assert cfg.early_stopping == "none"
+
+
+def test_every_field_has_a_flag() -> None:
+    help_text = build_parser().format_help()
+    for name in SearchConfig.model_fields:
+        special = {"export_dir": "--export", "workload_options": "--workload-option"}
+        flag = special.get(name, "--" + name.replace("_", "-"))
+        assert flag in help_text, flag
+
+
+def test_cli_bad_flag_value_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from tune_prune.search.cli import main
+
+    assert main(["--target-sparsity", "1.2"]) == 2
+    err = capsys.readouterr().err
+    assert "target_sparsity" in err and "1.2" in err
+
+
+def test_workload_options_flag_and_toml(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[workload_options]\nbaseline_epochs = 3\nwidth = 8\n")
+    cfg, _ = parse_config(["--config", str(p), "--workload-option", "width=4",
+                           "--workload-option", "data_dir=/data"])
+    assert cfg.workload_options == {"baseline_epochs": 3, "width": 4, "data_dir": "/data"}
+
+
+def test_cli_lists_and_bools() -> None:
+    cfg, _ = parse_config(["--sparsity-kind", "channels", "--pruners", "l1", "fpgm", "--speedup",
+                           "--finetune-epochs", "0.5", "1", "--no-include-dashboard"])
+    assert cfg.pruners == ["l1", "fpgm"]
+    assert cfg.speedup is True
+    assert cfg.finetune_epochs == [0.5, 1.0]
+    assert cfg.include_dashboard is False

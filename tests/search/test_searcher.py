@@ -1,0 +1,73 @@
+"""The Optuna searcher: early-stopped trials are PRUNED, the study is readable from disk."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from tune_prune.search.config import SearchConfig
+from tune_prune.search.searcher import JOURNAL_FILE, PruneAwareOptunaSearch, journal_storage
+from tune_prune.search.space import define_space, make_sampler
+
+
+def _searcher(tmp_path: Path, cfg: SearchConfig, metric, mode) -> PruneAwareOptunaSearch:
+    return PruneAwareOptunaSearch(
+        space=functools.partial(define_space, cfg=cfg), metric=metric, mode=mode,
+        sampler=make_sampler(cfg), study_name="s", storage=journal_storage(tmp_path),
+    )
+
+
+def _res(it: int, value: float, done: bool, **kw: object) -> dict:
+    return {"training_iteration": it, "best_objective": value, "objective": value, "macs": 1e5,
+            "schedule_done": done, "score": value, "sparsity": 0.8, "sparsity_shortfall": 0.0, **kw}
+
+
+def test_stopped_trials_are_pruned_not_complete(tmp_path: Path) -> None:
+    cfg = SearchConfig.create()
+    s = _searcher(tmp_path, cfg, "best_objective", "max")
+    for tid in ("a", "b", "c"):
+        config = s.suggest(tid)
+        assert "generator" in config and "lr" in config
+    s.on_trial_result("a", _res(1, -0.9, False))
+    s.on_trial_complete("a", _res(2, 0.95, True))
+    s.on_trial_result("b", _res(1, -0.8, False))
+    s.on_trial_complete("b", _res(2, -0.6, False))  # stopped by the scheduler at step 2
+    s.on_trial_complete("c", None, error=True)
+
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    by_id = {t.user_attrs.get("tune_trial_id"): t for t in study.trials}
+    assert by_id["a"].state == TrialState.COMPLETE and by_id["a"].value == 0.95
+    assert by_id["b"].state == TrialState.PRUNED
+    assert by_id["b"].intermediate_values == {1: -0.8, 2: -0.6}
+    assert by_id["c"].state == TrialState.FAIL
+    assert by_id["a"].user_attrs["sparsity"] == 0.8
+    assert (tmp_path / JOURNAL_FILE).exists()
+
+
+def test_multi_objective_pruned_and_constraint(tmp_path: Path) -> None:
+    cfg = SearchConfig.create(multi_objective="macs")
+    s = _searcher(tmp_path, cfg, ["objective", "macs"], ["max", "min"])
+    s.suggest("a")
+    s.suggest("b")
+    s.on_trial_complete("a", _res(3, 0.9, True, sparsity_shortfall=0.0))
+    s.on_trial_complete("b", _res(1, -0.9, False, sparsity_shortfall=0.4))
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    states = {t.user_attrs["tune_trial_id"]: t.state for t in study.trials}
+    assert states == {"a": TrialState.COMPLETE, "b": TrialState.PRUNED}
+    a = next(t for t in study.trials if t.user_attrs["tune_trial_id"] == "a")
+    assert a.values == [0.9, 1e5]
+
+
+def test_searcher_pickles(tmp_path: Path) -> None:
+    import pickle
+
+    s = _searcher(tmp_path, SearchConfig.create(), "best_objective", "max")
+    s.suggest("a")
+    s.save(str(tmp_path / "state.pkl"))
+    t = _searcher(tmp_path, SearchConfig.create(), "best_objective", "max")
+    t.restore(str(tmp_path / "state.pkl"))
+    t.on_trial_complete("a", _res(1, 0.5, True))
+    pickle.dumps(t)

@@ -1,0 +1,114 @@
+"""The define-by-run space: conditional parameters appear only under their branch."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from tune_prune.search.config import SearchConfig
+from tune_prune.search.space import (
+    CURVE_PARAMS,
+    REWIND_PARAMS,
+    SA_PARAMS,
+    define_space,
+    make_sampler,
+    sa_iterations,
+    sa_stop_temperature,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _sample(cfg: SearchConfig, n: int = 60) -> list[tuple[dict, dict]]:
+    """(raw Optuna params, normalised config) of n asked trials."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        config = define_space(trial, cfg)
+        out.append((dict(trial.params), config))
+        study.tell(trial, 0.5)
+    return out
+
+
+def test_conditional_parameters_weights() -> None:
+    cfg = SearchConfig.create()
+    seen = set()
+    for params, config in _sample(cfg):
+        gen = config["generator"]
+        seen.add(gen)
+        assert (set(SA_PARAMS) & set(params)) == (set(SA_PARAMS) if gen == "simulated_annealing" else set())
+        assert (set(CURVE_PARAMS) & set(params)) == (set(CURVE_PARAMS) if gen == "curve" else set())
+        if gen == "lottery_ticket":
+            assert config["reset_weight"] is True and "reset_weight" not in params
+        if gen == "simulated_annealing":
+            assert config["reset_weight"] is False and "reset_weight" not in params
+            assert config["mode"] == "normal"  # SA gives per-layer entries: no 'global'
+            assert sa_iterations(config["sa_start_temperature"], config["sa_stop_temperature"],
+                                 config["sa_cool_down_rate"]) == config["sa_cool_downs"]
+        if gen in ("agp", "linear", "curve"):
+            assert "reset_weight" in params
+        assert ("rewind" in params) == bool(config["reset_weight"])
+        assert set(REWIND_PARAMS) <= set(config) or not config["reset_weight"]
+        assert config["pruner"] == "level" and config["mode"] in ("normal", "global")
+        assert cfg.min_iterations <= config["total_iteration"] <= cfg.max_iterations
+        assert cfg.lr_min <= config["lr"] <= cfg.lr_max
+        assert config["finetune_epochs"] in cfg.finetune_epochs
+    assert seen == set(cfg.generators)
+
+
+def test_pruner_modes_are_per_pruner_names() -> None:
+    cfg = SearchConfig.create(sparsity_kind="channels", generators=["agp", "simulated_annealing"])
+    for params, config in _sample(cfg, 40):
+        pruner = config["pruner"]
+        assert pruner in ("l1", "l2", "fpgm")
+        mode_keys = [k for k in params if k.startswith("mode__")]
+        assert len(mode_keys) == 1 and mode_keys[0].endswith(pruner)
+        if config["generator"] == "simulated_annealing":
+            assert config["mode"] in ("normal", "dependency_aware")
+        else:
+            assert config["mode"] in ("normal", "global", "dependency_aware")
+
+
+def test_fixed_trial_sa_only_params() -> None:
+    cfg = SearchConfig.create()
+    base = {"generator": "agp", "pruner": "level", "mode__level": "global", "total_iteration": 3,
+            "reset_weight": False, "finetune_epochs": 1.0, "lr": 0.01}
+    config = define_space(optuna.trial.FixedTrial(base), cfg)
+    assert not set(SA_PARAMS) & set(config) and "curve_exponent" not in config
+    assert config["mode"] == "global"
+    sa = {"generator": "simulated_annealing", "pruner": "level", "sa_cool_downs": 2,
+          "sa_start_temperature": 50.0, "sa_cool_down_rate": 0.8, "sa_perturbation_magnitude": 0.2,
+          "finetune_epochs": 1.0, "lr": 0.01}
+    config = define_space(optuna.trial.FixedTrial(sa), cfg)
+    assert config["total_iteration"] == 3
+    assert math.isclose(config["sa_stop_temperature"], sa_stop_temperature(50.0, 0.8, 2))
+
+
+@pytest.mark.parametrize(("start", "rate", "k"), [(100.0, 0.9, 1), (10.0, 0.5, 4), (200.0, 0.95, 9)])
+def test_sa_stop_temperature_roundtrip(start: float, rate: float, k: int) -> None:
+    assert sa_iterations(start, sa_stop_temperature(start, rate, k), rate) == k
+
+
+def test_samplers() -> None:
+    tpe = make_sampler(SearchConfig.create(seed=3))
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    nsga = make_sampler(SearchConfig.create(multi_objective="macs"))
+    assert isinstance(nsga, optuna.samplers.NSGAIISampler)
+
+
+def test_seeded_tpe_is_reproducible() -> None:
+    cfg = SearchConfig.create(seed=7)
+
+    def run() -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+        out = []
+        for i in range(8):
+            t = study.ask()
+            out.append(define_space(t, cfg))
+            study.tell(t, i / 10)
+        return out
+
+    assert run() == run()

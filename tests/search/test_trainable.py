@@ -1,0 +1,107 @@
+"""The trial body without Ray: metrics per iteration, checkpoints, resume, objective floor."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from ray import tune
+
+from tune_prune.search import metrics as M
+from tune_prune.search import trainable as T
+from tune_prune.search.config import SearchConfig
+from tune_prune.search.runner import _fixed
+from tune_prune.search.space import define_space
+
+from .conftest import WORKLOAD_OPTIONS
+
+
+class _Recorder:
+    """Stands in for tune.report: keeps metrics and a copy of each checkpoint folder."""
+
+    def __init__(self, root: Path, fail_after: int | None = None) -> None:
+        self.rows: list[dict] = []
+        self.ckpts: list[Path] = []
+        self.root = root
+        self.fail_after = fail_after
+
+    def __call__(self, metrics: dict, checkpoint=None) -> None:
+        self.rows.append(dict(metrics))
+        dst = self.root / f"ckpt_{len(self.rows)}"
+        shutil.copytree(checkpoint.path, dst)
+        self.ckpts.append(dst)
+        if self.fail_after is not None and len(self.rows) >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _config(cache: Path, generator: str = "agp", n: int = 2, **extra: object) -> dict:
+    cfg = SearchConfig.create(workload_options=WORKLOAD_OPTIONS, baseline_cache_dir=str(cache),
+                              finetune_epochs=[0.25])
+    params = {"generator": generator, "pruner": "level", "mode__level": "global", "total_iteration": n,
+              "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.01, "rewind": "dense", **extra}
+    trial = define_space(optuna.trial.FixedTrial(params), cfg)
+    return {"fixed": _fixed(cfg, True), **trial}
+
+
+def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache, monkeypatch) -> None:
+    rec = _Recorder(tmp_path)
+    monkeypatch.setattr(T, "_tune_report", rec)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    T.run_trial(_config(baseline_cache, "agp", 2))
+    assert [r["iteration"] for r in rec.rows] == [1, 2]
+    assert [r[M.SCHEDULE_DONE] for r in rec.rows] == [False, True]
+    last = rec.rows[-1]
+    assert last["reached_target"] and abs(last["sparsity"] - 0.8) < 0.02
+    assert last["objective"] == last["score"] and 0 <= last["score"] <= 1
+    assert rec.rows[0]["objective"] < 0  # below target: the floor
+    assert rec.rows[0]["progress"] < last["progress"] == 1.0
+    assert last["finetune_epochs_cum"] == pytest.approx(0.5)
+    assert last["macs_ratio"] < 1 and last["params_ratio"] < 1
+    for ck in rec.ckpts:
+        assert (ck / T.STATE_FILE).exists() and (ck / T.SCHEDULER_DIR / "scheduler.json").exists()
+        assert (ck / T.RESULT_DIR / "model_state_dict.pth").exists()
+
+
+def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache, monkeypatch) -> None:
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    full = _Recorder(tmp_path / "full")
+    monkeypatch.setattr(T, "_tune_report", full)
+    T.run_trial(_config(baseline_cache, "linear", 3))
+
+    killed = _Recorder(tmp_path / "killed", fail_after=1)
+    monkeypatch.setattr(T, "_tune_report", killed)
+    with pytest.raises(KeyboardInterrupt):
+        T.run_trial(_config(baseline_cache, "linear", 3))
+    resumed = _Recorder(tmp_path / "resumed")
+    monkeypatch.setattr(T, "_tune_report", resumed)
+    ckpt = tune.Checkpoint.from_directory(str(killed.ckpts[-1]))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: ckpt)
+    T.run_trial(_config(baseline_cache, "linear", 3))
+    assert [r["iteration"] for r in resumed.rows] == [2, 3]
+    assert resumed.rows[-1]["finetune_epochs_cum"] == full.rows[-1]["finetune_epochs_cum"]
+    assert resumed.rows[-1]["sparsity"] == pytest.approx(full.rows[-1]["sparsity"])
+    assert resumed.rows[-1]["score"] == pytest.approx(full.rows[-1]["score"], abs=0.02)
+
+
+def test_lottery_ticket_final_row_is_retrained_at_target(tmp_path, baseline_cache, monkeypatch) -> None:
+    rec = _Recorder(tmp_path)
+    monkeypatch.setattr(T, "_tune_report", rec)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    T.run_trial(_config(baseline_cache, "lottery_ticket", 2))
+    assert len(rec.rows) == 3  # two tickets + the retrained last ticket
+    assert [r["es_comparable"] for r in rec.rows] == [False] * 3
+    last = rec.rows[-1]
+    assert last[M.SCHEDULE_DONE] and last["reached_target"]
+    assert last["task_id"].endswith("retrained")
+
+
+def test_objective_floor_orders_unreached_below_reached() -> None:
+    reached = M.objective(0.01, 0.8, 0.8, 0.02, 1.0)
+    unreached = M.objective(0.99, 0.5, 0.8, 0.02, 0.625)
+    assert reached == 0.01 and unreached < 0 < reached
+    assert M.objective(0.99, 0.2, 0.8, 0.02, 0.25) < unreached  # closer to target ranks higher
+    assert M.objective(0.5, 0.5, 0.8, 0.02, 0.6, higher_is_better=False) > 1e5
+    assert math.isclose(M.progress(0.4, 0.8, 0.7), 0.7)  # monotone

@@ -1,0 +1,178 @@
+"""From one trial's config to pruning objects: config_list, pruner, task generator, scheduler.
+
+The only module of the search layer that knows the pruning package's constructors;
+it uses their public, NNI-shaped signatures and nothing internal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tune_prune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Per-layer cap in global mode: one layer may not be pruned away entirely.
+GLOBAL_MAX_SPARSITY_PER_LAYER = 0.95
+#: SA re-tries a rejected candidate at most this often before cooling anyway; keeps an
+#: SA trial within 1 + 2 * total_iteration tasks.
+SA_MAX_REJECTIONS = 1
+
+
+def make_config_list(
+    sparsity_kind: str, mode: str, target: float, generator: str = "agp"
+) -> list[dict[str, Any]]:
+    """The config_list of a trial: fine-grained on Conv2d+Linear, or filters of Conv2d.
+
+    Channel pruning leaves Linear layers alone (their outputs are the classes). Global
+    mode needs one ``total_sparsity`` entry (one ranking over all layers), capped per
+    layer; so does simulated annealing, which searches the per-layer split of a total.
+    """
+    op_types = ["Conv2d", "Linear"] if sparsity_kind == "weights" else ["Conv2d"]
+    if mode == "global" or generator == "simulated_annealing":
+        cap = max(GLOBAL_MAX_SPARSITY_PER_LAYER, target)
+        return [{"op_types": op_types, "total_sparsity": target, "max_sparsity_per_layer": cap}]
+    return [{"op_types": op_types, "sparsity_per_layer": target}]
+
+
+def make_pruner(name: str, mode: str, dummy_input: Any) -> Any:
+    """An unbound pruner (the scheduler binds it to each task's model)."""
+    from tune_prune.pruning.pruners.registry import get_pruner_class
+
+    cls = get_pruner_class(name)
+    kwargs: dict[str, Any] = {"mode": mode}
+    if "dummy_input" in inspect.signature(cls.__init__).parameters:
+        kwargs["dummy_input"] = dummy_input
+    return cls(None, None, **kwargs)
+
+
+def make_task_generator(
+    trial: dict[str, Any], model: nn.Module, config_list: list[dict[str, Any]], log_dir: Path, seed: int
+) -> Any:
+    """The task generator the trial chose, with its hyperparameters."""
+    from tune_prune.pruning import tools
+
+    generator = trial["generator"]
+    n = int(trial["total_iteration"])
+    common = {"log_dir": str(log_dir), "keep_intermediate_result": False}
+    if generator == "agp":
+        return tools.AGPTaskGenerator(n, model, config_list, skip_first_iteration=True, **common)
+    if generator == "linear":
+        return tools.LinearTaskGenerator(n, model, config_list, skip_first_iteration=True, **common)
+    if generator == "lottery_ticket":
+        return tools.LotteryTicketTaskGenerator(n, model, config_list, **common)
+    if generator == "curve":
+        return tools.CurveTaskGenerator(
+            n, model, config_list, exponent=float(trial["curve_exponent"]),
+            skip_first_iteration=True, **common,
+        )
+    if generator == "simulated_annealing":
+        return tools.SimulatedAnnealingTaskGenerator(
+            model,
+            config_list,
+            start_temperature=float(trial["sa_start_temperature"]),
+            stop_temperature=float(trial["sa_stop_temperature"]),
+            cool_down_rate=float(trial["sa_cool_down_rate"]),
+            perturbation_magnitude=float(trial["sa_perturbation_magnitude"]),
+            seed=seed,
+            max_rejections=SA_MAX_REJECTIONS,
+            **common,
+        )
+    raise ConfigError(f"generator: unknown name {generator!r}")
+
+
+def schedule_finished(generator: Any, measurements: dict[str, Any]) -> bool:
+    """Whether the task just measured was the generator's last (asked in on_iteration).
+
+    Formula schedules know their length (``total_tasks``; ``measurements['iteration']``
+    is the scheduler's 0-based task count); simulated annealing ends once its
+    temperature is below ``stop_temperature`` (both public attributes).
+    """
+    planned = planned_tasks(generator)
+    if planned is not None:
+        return int(measurements.get("iteration", -1)) + 1 >= planned
+    temp = getattr(generator, "current_temperature", None)
+    stop = getattr(generator, "stop_temperature", None)
+    return temp is not None and stop is not None and temp < stop
+
+
+def planned_tasks(generator: Any) -> int | None:
+    """Tasks the generator will hand out, when known in advance (SA: None)."""
+    total = getattr(generator, "total_tasks", None)
+    return int(total) if isinstance(total, int) else None
+
+
+def planned_iterations(generator: Any, reset_weight: bool) -> int | None:
+    """Rows a trial will report: its tasks, plus the retrained ticket with reset_weight."""
+    planned = planned_tasks(generator)
+    return None if planned is None else planned + int(reset_weight)
+
+
+def rewind_steps(trial: dict[str, Any], workload: Any) -> int:
+    """Optimizer steps into the first fine-tune to rewind to ('early'); 0 = task start ('dense').
+
+    'early' is a quarter of an epoch of the workload (at least one step).
+    """
+    if not trial.get("reset_weight") or trial.get("rewind", "dense") == "dense":
+        return 0
+    steps_per_epoch = getattr(workload, "steps_per_epoch", None)
+    per_epoch = int(steps_per_epoch()) if callable(steps_per_epoch) else 16
+    return max(1, round(0.25 * per_epoch))
+
+
+def measure_result(generator: Any, model: nn.Module, masks: Any, dummy_input: Any) -> dict[str, Any]:
+    """Sparsity/params/MACs of a result outside the scheduler (the retrained ticket)."""
+    from tune_prune.pruning.config import resolve_config_list
+    from tune_prune.pruning.measure import count_macs, count_params
+    from tune_prune.pruning.tools import sparsity as sp
+
+    origin = generator.origin_model
+    names = sorted({n for e in resolve_config_list(origin, generator.origin_config_list) for n in e.module_names})
+    out: dict[str, Any] = {
+        "sparsity": sp.removed_fraction(origin, model, masks, names),
+        "params": count_params(model, masks),
+        "macs": None,
+    }
+    if hasattr(sp, "removed_weight_fraction"):
+        out["weight_sparsity"] = sp.removed_weight_fraction(origin, model, masks, names)
+    try:
+        out["macs"] = count_macs(model, dummy_input, masks)
+    except Exception as exc:  # noqa: BLE001 - a metric must not kill the trial
+        logger.warning("count_macs failed on the final result: %r", exc)
+    return out
+
+
+def make_scheduler(
+    pruner: Any,
+    generator: Any,
+    finetuner: Any,
+    evaluator: Any,
+    dummy_input: Any,
+    speedup: bool,
+    reset_weight: bool,
+    rewind_steps: int,
+    on_iteration: Any,
+) -> Any:
+    """The PruningScheduler driving one trial.
+
+    With ``reset_weight`` the tickets are evaluated untrained (NNI's order); the
+    trainable retrains the last ticket (the one at the target) itself afterwards.
+    """
+    from tune_prune.pruning.scheduler import PruningScheduler
+
+    return PruningScheduler(
+        pruner,
+        generator,
+        finetuner=finetuner,
+        speedup=speedup,
+        dummy_input=dummy_input,
+        evaluator=evaluator,
+        reset_weight=reset_weight,
+        on_iteration=on_iteration,
+        rewind_steps=rewind_steps,
+    )

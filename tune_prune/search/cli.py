@@ -1,0 +1,193 @@
+"""Command line of the schedule search: ``python -m tune_prune.search [--config FILE] [flags]``.
+
+The only place of the search package that prints. Flags are generated from the
+SearchConfig fields (``--target-sparsity`` for ``target_sparsity``), so every field
+has a flag and ``--help`` shows each field's description and default. Values come
+from the defaults, then ``--config FILE`` (TOML), then the flags given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from tune_prune.errors import ConfigError, TunePruneError
+from tune_prune.search.config import SearchConfig, load_toml
+
+logger = logging.getLogger(__name__)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is_list) of a field annotation such as ``list[float] | None``."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return typing.get_args(annotation)[0], True
+    if args and origin is not typing.Literal:
+        inner = args[0]
+        if typing.get_origin(inner) is list:
+            return typing.get_args(inner)[0], True
+        return inner, False
+    return annotation, False
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE parsed as JSON when possible (numbers, booleans, lists)."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tune_prune.search",
+        description=(
+            "Search over iterative pruning schedules with Ray Tune + Optuna. Each trial runs "
+            "one task generator + pruner configuration from the cached dense baseline and "
+            "reports every pruning iteration. With no arguments: a short search on digits "
+            "(8 trials, up to 5 iterations, 1 fine-tune epoch each) on a local Ray instance."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file of SearchConfig fields (flags override it)")
+    for name, field in SearchConfig.model_fields.items():
+        help_text = (field.description or "").replace("%", "%%") + f" (default: {field.default!r})"
+        elem, is_list = _base_type(field.annotation)
+        flag = _flag(name)
+        if elem is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            continue
+        kwargs: dict[str, Any] = {"help": help_text, "dest": name}
+        if typing.get_origin(elem) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(elem))
+            elem = str
+        if name == "workload_options":
+            parser.add_argument("--workload-option", dest=name, action="append", metavar="KEY=VALUE",
+                                type=_key_value, help=help_text)
+            continue
+        if name == "export_dir":
+            parser.add_argument("--export", dest=name, metavar="DIR", help=help_text)
+            continue
+        kwargs["type"] = elem if elem in (int, float, str) else str
+        if is_list:
+            kwargs["nargs"] = "+"
+            kwargs["metavar"] = name.upper().rstrip("S") if name.endswith("s") else name.upper()
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--log-level", default="WARNING", help="logging level of tune_prune's loggers")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[SearchConfig, argparse.Namespace]:
+    """SearchConfig from defaults < --config TOML < flags (ConfigError on any bad value)."""
+    args = build_parser().parse_args(argv)
+    values = dict(vars(args))
+    config_file = values.pop("config", None)
+    values.pop("log_level", None)
+    base = load_toml(config_file) if config_file else {}
+    if "workload_options" in values:  # flags add to (and override) the file's options
+        values["workload_options"] = {**base.get("workload_options", {}), **dict(values["workload_options"])}
+    return SearchConfig.create(**{**base, **values}), args
+
+
+def _fmt_table(best: Any, limit: int = 10) -> str:
+    if best is None or best.empty:
+        return "  (no trial reported a result)"
+    cols = ["trial_id", "status", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
+            "sparsity", "score", "objective", "macs_ratio", "finetune_epochs_total"]
+    cols = [c for c in cols if c in best.columns]
+    view = best[cols].head(limit).copy()
+    for c in ("sparsity", "score", "objective", "macs_ratio"):
+        if c in view:
+            view[c] = view[c].map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
+    if "lr" in view:
+        view["lr"] = view["lr"].map(lambda v: f"{v:.2g}" if isinstance(v, float) else v)
+    return view.to_string(index=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (2: bad config, 1: search failed)."""
+    try:
+        cfg, args = parse_config(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "WARNING")).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from tune_prune.search.runner import run_search
+
+    try:
+        out = run_search(cfg, printer=lambda msg: print(msg, flush=True))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TunePruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(out)
+    if out.interrupted:
+        return 130
+    return 0 if out.num_errors == 0 or not out.best.empty else 1
+
+
+def print_summary(out: Any) -> None:
+    """The end-of-search report: best schedules and where every result lives."""
+    cfg = out.config
+    exp = out.experiment_dir
+    metric = "objective = val score at target sparsity" + (
+        f"; Pareto front vs {cfg.multi_objective}" if cfg.metric_mode_multi else ""
+    )
+    print()
+    print(f"Best schedules ({metric}; below-target trials score < 0):")
+    print(_fmt_table(out.best))
+    print()
+    if out.interrupted:
+        print(f"INTERRUPTED after {out.wall_s:.0f} s: continue with the resume command below")
+    print(f"{'ran' if out.interrupted else 'finished'} in {out.wall_s:.0f} s; {len(out.best)} trial(s), {len(out.table)} reported iteration(s)"
+          + (f", {out.num_errors} error(s)" if out.num_errors else ""))
+    print(f"experiment folder : {exp}")
+    print(f"all iterations    : {out.files.trials_csv}" + (f" (+ {out.files.trials_parquet.name})"
+                                                              if out.files.trials_parquet else ""))
+    print(f"best per trial    : {out.files.best_csv}")
+    if out.files.pareto_csv:
+        print(f"Pareto front      : {out.files.pareto_csv}")
+    for p in out.files.plots:
+        print(f"plot              : {p}")
+    print(f"Optuna study      : {out.journal_path} (study '{out.study_name}')")
+    print(f"  optuna-dashboard {out.journal_path}")
+    print("  or: optuna.load_study(study_name=..., storage=optuna.storages.JournalStorage("
+          "optuna.storages.journal.JournalFileBackend(PATH)))")
+    if out.files.tensorboard_dir:
+        print(f"TensorBoard       : tensorboard --logdir {exp}   (per-trial: {out.files.tensorboard_dir})")
+    if out.dashboard_url:
+        print(f"Ray dashboard     : {out.dashboard_url} (live while Ray runs; token auth: print the "
+              "token with `ray get-auth-token`, stored in ~/.ray/auth_token)")
+    print(f"resume            : python -m tune_prune.search --resume --name {exp.name} "
+          f"--storage-path {exp.parent}")
+    if cfg.export_dir and not out.interrupted:
+        exp_info = out.export
+        if exp_info.get("status") == "exported":
+            print(f"exported best     : {exp_info['out_dir']}")
+        else:
+            print(f"export skipped    : {exp_info.get('reason')}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

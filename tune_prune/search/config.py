@@ -1,0 +1,282 @@
+"""SearchConfig: every knob of a schedule search, validated once at the boundary.
+
+A search is configured from CLI flags and/or a TOML file (flags override the file).
+Validation happens here, before Ray starts, so a typo costs milliseconds rather than
+a cluster start-up; every bad value raises :class:`~tune_prune.errors.ConfigError`
+naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tune_prune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+GENERATORS: tuple[str, ...] = ("agp", "linear", "lottery_ticket", "simulated_annealing", "curve")
+WEIGHT_PRUNERS: tuple[str, ...] = ("level",)
+CHANNEL_PRUNERS: tuple[str, ...] = ("l1", "l2", "fpgm")
+#: Pruner modes the search may choose, per pruner. 'balance' needs a granularity the
+#: search cannot choose sensibly, so it is left out.
+PRUNER_MODES: dict[str, tuple[str, ...]] = {
+    "level": ("normal", "global"),
+    "l1": ("normal", "global", "dependency_aware"),
+    "l2": ("normal", "global", "dependency_aware"),
+    "fpgm": ("normal", "global", "dependency_aware"),
+}
+DEFAULT_PRUNERS: dict[str, tuple[str, ...]] = {"weights": WEIGHT_PRUNERS, "channels": CHANNEL_PRUNERS}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
+
+
+class SearchConfig(BaseModel):
+    """All settings of one search; field descriptions double as ``--help`` texts."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # ---- what is pruned and to where
+    workload: str = Field("digits", description="workload spec passed to get_workload (e.g. 'digits')")
+    workload_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword overrides for the workload (e.g. baseline_epochs=5, data_dir=...); "
+        "flag: --workload-option KEY=VALUE (repeatable, VALUE parsed as JSON when it can be)",
+    )
+    target_sparsity: float = Field(
+        0.8, gt=0.0, lt=1.0, description="sparsity every schedule must reach, in (0, 1)"
+    )
+    sparsity_tolerance: float = Field(
+        0.02,
+        ge=0.0,
+        lt=0.5,
+        description="a trial counts as at target when its sparsity >= target - tolerance",
+    )
+    sparsity_kind: Literal["weights", "channels"] = Field(
+        "weights", description="'weights': fine-grained level pruner; 'channels': filter pruners"
+    )
+    pruners: list[str] | None = Field(
+        None,
+        description="pruners the search may pick (registry names); default: ['level'] for "
+        "weights, ['l1', 'l2', 'fpgm'] for channels",
+    )
+    generators: list[str] = Field(
+        list(GENERATORS), description=f"task generators the search may pick, from {list(GENERATORS)}"
+    )
+    speedup: bool = Field(
+        False, description="physically remove pruned channels after each iteration (channels only)"
+    )
+    # ---- the search space's ranges
+    min_iterations: int = Field(2, ge=1, le=100, description="fewest pruning iterations of a schedule")
+    max_iterations: int = Field(5, ge=1, le=100, description="most pruning iterations of a schedule")
+    finetune_epochs: list[float] = Field(
+        [1.0], description="fine-tune epochs per iteration the search chooses from"
+    )
+    lr_min: float = Field(1e-3, gt=0.0, description="lowest fine-tune learning rate (log-uniform)")
+    lr_max: float = Field(5e-2, gt=0.0, description="highest fine-tune learning rate (log-uniform)")
+    # ---- the search itself
+    num_samples: int = Field(8, ge=1, description="number of trials (schedules) to run")
+    time_budget_s: float | None = Field(
+        None, gt=0.0, description="stop the whole search after this many seconds"
+    )
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    cpus_per_trial: float = Field(1.0, gt=0.0, description="CPUs reserved per trial")
+    gpus_per_trial: float = Field(0.0, ge=0.0, description="GPUs per trial; fractional shares a GPU")
+    seed: int = Field(0, ge=0, description="seed of the baseline, the sampler and every trial")
+    multi_objective: Literal["none", "macs", "params"] = Field(
+        "none", description="'none': maximise score at target; 'macs'/'params': Pareto front of "
+        "score vs that cost (NSGA-II)",
+    )
+    early_stopping: Literal["fair", "none", "asha"] = Field(
+        "fair",
+        description="'fair': successive halving at equal sparsity progress; 'asha': plain ASHA "
+        "on training_iteration (biased toward slow schedules, for comparison); 'none'",
+    )
+    early_stopping_rungs: list[float] = Field(
+        [0.25, 0.5, 0.75],
+        description="progress fractions (sparsity / target) where 'fair' compares trials",
+    )
+    early_stopping_reduction_factor: float = Field(
+        2.0, gt=1.0, description="keep the best 1/factor of trials at each rung"
+    )
+    dry_run: bool = Field(
+        False, description="simulate pruning curves instead of training (checks the plumbing)"
+    )
+    # ---- where things live
+    storage_path: str = Field("./tune_prune_results", description="folder holding experiments")
+    name: str | None = Field(
+        None, description="experiment name (default: '<workload>-<kind>-<target>-<timestamp>')"
+    )
+    resume: bool = Field(False, description="continue the interrupted experiment NAME (or the latest)")
+    export_dir: str | None = Field(None, description="export the best schedule's model here at the end")
+    baseline_cache_dir: str | None = Field(
+        None, description="dense baseline cache (default: STORAGE_PATH/baseline_cache)"
+    )
+    # ---- Ray
+    address: str | None = Field(None, description="address of an existing Ray cluster (default: local)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
+    include_dashboard: bool = Field(True, description="start the Ray dashboard with a local instance")
+    dashboard_host: str = Field("127.0.0.1", description="interface the Ray dashboard listens on")
+    dashboard_port: int = Field(8265, ge=1, le=65535, description="port of the Ray dashboard")
+
+    # ---------------------------------------------------------------- validators
+    @field_validator("pruners")
+    @classmethod
+    def _check_pruners(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one pruner")
+        out = [v.lower() for v in value]
+        for v in out:
+            if v not in PRUNER_MODES:
+                raise ValueError(f"unknown or unsupported pruner {v!r} (supported: {list(PRUNER_MODES)})")
+        return list(dict.fromkeys(out))
+
+    @field_validator("generators")
+    @classmethod
+    def _check_generators(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one generator")
+        out = [v.lower() for v in value]
+        for v in out:
+            if v not in GENERATORS:
+                raise ValueError(f"unknown generator {v!r} (known: {list(GENERATORS)})")
+        return list(dict.fromkeys(out))
+
+    @field_validator("finetune_epochs")
+    @classmethod
+    def _check_epochs(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("must give at least one epoch count")
+        for v in value:
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"epochs must be finite and >= 0, got {v!r}")
+        return sorted(set(float(v) for v in value))
+
+    @field_validator("early_stopping_rungs")
+    @classmethod
+    def _check_rungs(cls, value: list[float]) -> list[float]:
+        for v in value:
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"rung {v!r} is not in (0, 1)")
+        return sorted(set(value))
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME_RE.match(value):
+            raise ValueError("may contain only letters, digits and '_.=-'")
+        return value
+
+    @field_validator("workload", "storage_path", "dashboard_host")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> SearchConfig:
+        if self.min_iterations > self.max_iterations:
+            raise ValueError(
+                f"min_iterations={self.min_iterations!r} exceeds max_iterations={self.max_iterations!r}"
+            )
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min={self.lr_min!r} exceeds lr_max={self.lr_max!r}")
+        if self.pruners is not None:
+            allowed = DEFAULT_PRUNERS[self.sparsity_kind]
+            wrong = [p for p in self.pruners if p not in allowed]
+            if wrong:
+                raise ValueError(
+                    f"pruners={wrong!r} do not fit sparsity_kind={self.sparsity_kind!r} "
+                    f"(allowed: {list(allowed)})"
+                )
+        if self.speedup and self.sparsity_kind != "channels":
+            raise ValueError("speedup=True needs sparsity_kind='channels'")
+        if self.address is not None and self.num_cpus is not None:
+            raise ValueError("num_cpus applies to a local Ray instance; do not combine it with address")
+        return self
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def allowed_pruners(self) -> list[str]:
+        """Pruners the space chooses from: the explicit list or the kind's default."""
+        return list(self.pruners) if self.pruners else list(DEFAULT_PRUNERS[self.sparsity_kind])
+
+    @property
+    def metric_mode_multi(self) -> bool:
+        return self.multi_objective != "none"
+
+    def resolved_baseline_cache(self) -> Path:
+        """Absolute cache folder: trials run in other working directories."""
+        if self.baseline_cache_dir:
+            return Path(self.baseline_cache_dir).expanduser().resolve()
+        return Path(self.storage_path).expanduser().resolve() / "baseline_cache"
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def create(cls, **values: Any) -> SearchConfig:
+        """Validated config; pydantic errors become one ConfigError naming field and value."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise _to_config_error(exc, values) from None
+
+    def updated(self, **changes: Any) -> SearchConfig:
+        """A validated copy with ``changes`` applied."""
+        return type(self).create(**{**self.model_dump(), **changes})
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> SearchConfig:
+        """Load a TOML file (flat keys = field names); ``overrides`` win over the file."""
+        return cls.create(**{**load_toml(path), **overrides})
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Flat mapping of a TOML config; a ``[search]`` table is accepted as well."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise ConfigError("config: reading TOML on Python 3.10 needs the 'tomli' package") from exc
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(p)!r}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {str(p)!r} is not valid TOML: {exc}") from exc
+    if set(data) == {"search"} and isinstance(data["search"], Mapping):
+        data = dict(data["search"])
+    known = set(SearchConfig.model_fields)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"config: unknown key(s) {unknown} in {str(p)!r} (known keys: {sorted(known)})"
+        )
+    return data
+
+
+def _to_config_error(exc: ValidationError, values: Mapping[str, Any]) -> ConfigError:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        field = loc[0] if loc else None
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {field!r} (value {values.get(field)!r})")
+        elif field is None:
+            parts.append(msg)
+        else:
+            value = values.get(field, err.get("input"))
+            where = ".".join(loc)
+            parts.append(f"{where}={value!r}: {msg}")
+    return ConfigError("invalid search config: " + "; ".join(parts))

@@ -1,0 +1,108 @@
+"""Export the best schedule of a finished search: ``export_best(EXPERIMENT_DIR, OUT_DIR)``.
+
+"Best" is the first row of the experiment's best-per-trial table (by objective: the
+score at the target sparsity; trials below the target rank last). Its model is the
+``result/`` folder of the checkpoint Tune wrote with that iteration (the search keeps
+the two best checkpoints of each trial by objective, so it is there), rebuilt from the
+workload's architecture plus the stored speedup history, and written with
+:func:`tune_prune.export.export_model` (state dict, masks, JSON spec, ONNX).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tune_prune.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+#: Trial config keys copied into the export's spec.
+SPEC_CONFIG_KEYS = (
+    "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "reset_weight",
+    "rewind", "curve_exponent", "sa_cool_downs", "sa_start_temperature", "sa_stop_temperature",
+    "sa_cool_down_rate", "sa_perturbation_magnitude",
+)
+SPEC_METRIC_KEYS = (
+    "score", "sparsity", "target_sparsity", "reached_target", "objective", "params", "macs",
+    "params_ratio", "macs_ratio", "finetune_epochs_cum", "iteration", "trial_id", "task_id",
+)
+
+
+def _pick(experiment: Path, trial_id: str | None) -> dict[str, Any]:
+    from tune_prune.search.results import best_per_trial, collect
+
+    table = collect(experiment)
+    if table.empty:
+        raise ExportError(f"experiment {str(experiment)!r} has no reported trial to export")
+    summary = experiment / "summary.json"
+    higher = json.loads(summary.read_text()).get("higher_is_better", True) if summary.exists() else True
+    best = best_per_trial(table, bool(higher))
+    if trial_id is not None:
+        best = best[best["trial_id"] == trial_id]
+        if best.empty:
+            raise ExportError(f"trial_id={trial_id!r} is not a trial of {str(experiment)!r}")
+    for _, row in best.iterrows():
+        ckpt = str(row.get("best_checkpoint") or "")
+        if ckpt and (Path(ckpt) / "result" / "model_state_dict.pth").exists():
+            if not bool(row.get("reached_target")):
+                logger.warning("no trial reached the target sparsity: exporting %s anyway", row["trial_id"])
+            return row.to_dict()
+        logger.warning("trial %s: its best iteration's checkpoint has no model; trying the next", row["trial_id"])
+    raise ExportError(
+        f"experiment {str(experiment)!r}: no trial's best checkpoint holds a model "
+        "(dry-run searches do not save models)"
+    )
+
+
+def _search_config(experiment: Path) -> dict[str, Any]:
+    path = experiment / "search_config.json"
+    if not path.exists():
+        raise ExportError(f"{str(experiment)!r} is not a search experiment: it has no search_config.json")
+    return json.loads(path.read_text())
+
+
+def export_best(
+    experiment_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    trial_id: str | None = None,
+    onnx: bool = True,
+) -> Path:
+    """Write the best trial's best pruned model (or ``trial_id``'s) to ``out_dir``; return it."""
+    import torch
+
+    from tune_prune.export import export_model
+    from tune_prune.pruning.masks import load_masks_file
+    from tune_prune.pruning.tools._io import rebuild_model
+    from tune_prune.workloads import get_workload
+
+    experiment = Path(experiment_dir)
+    if not experiment.is_dir():
+        raise ExportError(f"experiment folder {str(experiment)!r} does not exist")
+    config = _search_config(experiment)
+    row = _pick(experiment, trial_id)
+    result = Path(row["best_checkpoint"]) / "result"
+    try:
+        state = torch.load(result / "model_state_dict.pth", map_location="cpu", weights_only=True)
+        masks = load_masks_file(result / "masks.pth")
+        history = json.loads((result / "speedup_history.json").read_text())
+        meta = json.loads((result / "result.json").read_text())
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ExportError(f"cannot read the pruned model in {str(result)!r}: {exc}") from exc
+    options = dict(config.get("workload_options") or {})
+    workload = get_workload(config["workload"], **options)
+    model = rebuild_model(workload.build_model(), history, state)
+    spec_config = {k: meta[k] for k in SPEC_CONFIG_KEYS if k in meta}
+    metrics = {k: meta.get(k, row.get(k)) for k in SPEC_METRIC_KEYS}
+    metrics.update(experiment=str(experiment), checkpoint=str(result.parent))
+    out = export_model(
+        out_dir, model, workload=config["workload"], workload_options=options, masks=masks,
+        history=history, dummy_input=workload.dummy_input(), config=spec_config,
+        metrics=metrics, onnx=onnx,
+    )
+    logger.info("exported trial %s (score %s at sparsity %s) to %s",
+                row["trial_id"], metrics.get("score"), metrics.get("sparsity"), out)
+    return Path(out)

@@ -1,0 +1,325 @@
+"""run_search: SearchConfig -> Ray + Tuner(OptunaSearch, fair early stopping) -> result files.
+
+The driver trains (or loads) the dense baseline once before any trial starts, so
+trials only ever load it. The experiment folder ``STORAGE_PATH/NAME`` holds Tune's
+trial folders and checkpoints, ``search_config.json``, the Optuna journal and the
+result tables; ``resume=True`` restores the Tuner from it (Tuner.restore), with the
+saved config, so an interrupted search continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+
+from tune_prune.errors import ConfigError, TunePruneError
+from tune_prune.search import metrics as M
+from tune_prune.search.config import SearchConfig
+from tune_prune.search.results import ResultFiles, write_results
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "search_config.json"
+Printer = Callable[[str], None]
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished search produced and where to look."""
+
+    config: SearchConfig
+    experiment_dir: Path
+    files: ResultFiles
+    table: pd.DataFrame
+    best: pd.DataFrame
+    study_name: str
+    journal_path: Path
+    dashboard_url: str | None
+    wall_s: float
+    num_errors: int = 0
+    #: Stopped before all trials ran (Ctrl-C): continue with resume=True.
+    interrupted: bool = False
+    export: dict[str, Any] = field(default_factory=dict)
+
+
+def experiment_name(cfg: SearchConfig) -> str:
+    """The configured name, the latest experiment when resuming, or a fresh timestamped one."""
+    if cfg.name:
+        return cfg.name
+    storage = Path(cfg.storage_path).expanduser().resolve()
+    if cfg.resume:
+        found = sorted(
+            (p for p in storage.glob("*") if (p / CONFIG_FILE).exists()),
+            key=lambda p: (p / CONFIG_FILE).stat().st_mtime,
+        )
+        if not found:
+            raise ConfigError(f"resume=True: no experiment to resume under storage_path={cfg.storage_path!r}")
+        return found[-1].name
+    target = f"{cfg.target_sparsity:g}"
+    workload = "".join(ch if ch.isalnum() else "_" for ch in cfg.workload)
+    return f"{workload}-{cfg.sparsity_kind}-{target}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _start_ray(cfg: SearchConfig, name: str) -> tuple[bool, str | None]:
+    """Connect to ``cfg.address`` or start a local instance; reuse one already initialised."""
+    import ray
+
+    if ray.is_initialized():
+        return False, _dashboard_url()
+    job_config = ray.job_config.JobConfig(metadata={"tune_prune_experiment": name})
+    if cfg.address:
+        ray.init(address=cfg.address, job_config=job_config, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=cfg.dashboard_host,
+            dashboard_port=cfg.dashboard_port,
+            job_config=job_config,
+            log_to_driver=False,
+        )
+    return True, _dashboard_url()
+
+
+def _dashboard_url() -> str | None:
+    try:
+        import ray
+
+        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
+        if not url:
+            from ray._private.worker import global_worker
+
+            url = global_worker.node.address_info.get("webui_url")
+        if url and not str(url).startswith("http"):
+            url = f"http://{url}"
+        return url or None
+    except Exception:  # noqa: BLE001 - the URL is informative only
+        return None
+
+
+def _fixed(cfg: SearchConfig, higher_is_better: bool) -> dict[str, Any]:
+    """Search-wide settings every trial gets (merged by Tune with the Optuna suggestions)."""
+    return {
+        "workload": cfg.workload,
+        "workload_options": dict(cfg.workload_options),
+        "seed": cfg.seed,
+        "target_sparsity": cfg.target_sparsity,
+        "sparsity_tolerance": cfg.sparsity_tolerance,
+        "sparsity_kind": cfg.sparsity_kind,
+        "speedup": cfg.speedup,
+        "baseline_cache_dir": str(cfg.resolved_baseline_cache()),
+        "cpus_per_trial": cfg.cpus_per_trial,
+        "gpus_per_trial": cfg.gpus_per_trial,
+        "dry_run": cfg.dry_run,
+        "higher_is_better": higher_is_better,
+    }
+
+
+def _baseline(cfg: SearchConfig, say: Printer) -> bool:
+    """Train or load the dense baseline once, before any trial; returns higher_is_better."""
+    if cfg.dry_run:
+        return True
+    import torch
+
+    from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
+
+    workload = get_workload(cfg.workload, **cfg.workload_options)
+    cache = cfg.resolved_baseline_cache()
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    # Trials get cpus_per_trial threads; the baseline likewise (small models on a few
+    # cores train far faster on one thread than oversubscribed).
+    torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
+    try:
+        load_or_train_baseline(workload, cfg.seed, cache)
+    finally:
+        torch.set_num_threads(threads)
+    meta = read_baseline_metadata(workload, cfg.seed, cache) or {}
+    say(
+        f"dense baseline {workload.name} (seed {cfg.seed}): val score {meta.get('val_score', float('nan')):.4f} "
+        f"[{time.perf_counter() - start:.1f} s, cache {cache}]"
+    )
+    return bool(workload.higher_is_better)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+class ProgressCallback(Callback):
+    """Tune callback printing one line per reported iteration (through the given printer)."""
+
+    def __init__(self, printer: Printer) -> None:
+        self.printer = printer
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.printer(
+            f"  {trial.trial_id} it {result.get('iteration', '?')}/{_planned(result)} "
+            f"{result.get('generator', '?')}/{result.get('pruner', '?')}:{result.get('mode', '?')} "
+            f"sparsity {result.get('sparsity', float('nan')):.3f} "
+            f"score {result.get('score', float('nan')):.4f} "
+            f"objective {result.get('objective', float('nan')):.4f}"
+            f"{'  [done]' if result.get(M.SCHEDULE_DONE) else ''}"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        how = "finished" if last.get(M.SCHEDULE_DONE) else "stopped early"
+        self.printer(f"  {trial.trial_id} {how} after {last.get('iteration', 0)} iteration(s)")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.printer(f"  {trial.trial_id} FAILED (see {trial.path}/error.txt)")
+
+
+def _planned(result: dict[str, Any]) -> str:
+    p = result.get("planned_iterations", -1)
+    return str(p) if isinstance(p, int) and p > 0 else "?"
+
+
+def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutcome:
+    """Run (or resume) the search ``cfg`` describes; write and return its results."""
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from tune_prune.search.early_stopping import make_scheduler
+    from tune_prune.search.searcher import JOURNAL_FILE, PruneAwareOptunaSearch, journal_storage
+    from tune_prune.search.space import define_space, make_sampler
+    from tune_prune.search.trainable import TunePruneTrial
+
+    say: Printer = printer or (lambda msg: logger.info("%s", msg))
+    start = time.perf_counter()
+    name = experiment_name(cfg)
+    storage = Path(cfg.storage_path).expanduser().resolve()
+    exp_dir = storage / name
+    if cfg.resume:
+        saved = exp_dir / CONFIG_FILE
+        if not saved.exists():
+            raise ConfigError(f"resume=True: {str(exp_dir)!r} holds no {CONFIG_FILE}; nothing to resume")
+        overrides = {k: getattr(cfg, k) for k in ("resume", "export_dir", "address", "num_cpus",
+                                                  "include_dashboard", "dashboard_host", "dashboard_port")}
+        cfg = SearchConfig.create(**{**json.loads(saved.read_text()), **overrides, "name": name,
+                                     "storage_path": str(storage)})
+    elif (exp_dir / CONFIG_FILE).exists():
+        raise ConfigError(
+            f"name={name!r}: experiment {str(exp_dir)!r} exists; pass resume=True (--resume) or another name"
+        )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=2))
+
+    # Forced experiment snapshots (num_to_keep) are cheap here; Tune's warning about them is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started, url = _start_ray(cfg, name)
+    say(f"experiment {exp_dir}" + (f"  |  Ray dashboard {url}" if url else ""))
+    try:
+        higher = _baseline(cfg, say)
+        trainable = TunePruneTrial
+        callbacks = [ProgressCallback(say)]
+        if cfg.resume and (exp_dir / "tuner.pkl").exists():
+            say(f"resuming {name}")
+            tuner = tune.Tuner.restore(
+                str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True,
+            )
+            # callbacks are not part of the restored state we can swap; progress lines
+            # of the resumed part come from the result table at the end.
+        else:
+            mode = "max" if higher else "min"
+            if cfg.metric_mode_multi:
+                metric: Any = ["objective", cfg.multi_objective]
+                modes: Any = [mode, "min"]
+            else:
+                metric, modes = M.SEARCH_METRIC, mode
+            searcher = PruneAwareOptunaSearch(
+                space=functools.partial(define_space, cfg=cfg),
+                metric=metric,
+                mode=modes,
+                sampler=make_sampler(cfg),
+                study_name=name,
+                storage=journal_storage(exp_dir),
+            )
+            scheduler = make_scheduler(
+                cfg.early_stopping, mode, cfg.early_stopping_rungs,
+                cfg.early_stopping_reduction_factor, 2 * cfg.max_iterations + 2,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"fixed": _fixed(cfg, higher)},
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent),
+                    scheduler=scheduler,
+                    num_samples=cfg.num_samples,
+                    time_budget_s=cfg.time_budget_s,
+                    trial_dirname_creator=_trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(storage),
+                    failure_config=tune.FailureConfig(max_failures=1),
+                    # Keep the two best iterations by objective (export reads the best
+                    # one's result/ folder); Tune always keeps the latest as well (resume).
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=2,
+                        checkpoint_score_attribute="objective",
+                        checkpoint_score_order="max" if higher else "min",
+                    ),
+                    verbose=0,
+                    callbacks=callbacks,
+                ),
+            )
+        say(
+            f"searching: {cfg.num_samples} trials, {cfg.max_concurrent} at a time, "
+            f"target sparsity {cfg.target_sparsity:g} ({cfg.sparsity_kind}), early stopping '{cfg.early_stopping}'"
+        )
+        fit_start = time.perf_counter()
+        grid = tuner.fit()
+        num_errors = grid.num_errors
+        unfinished = len(grid) - grid.num_terminated - grid.num_errors
+        budget_hit = cfg.time_budget_s is not None and time.perf_counter() - fit_start >= cfg.time_budget_s
+        interrupted = (unfinished > 0 or len(grid) < cfg.num_samples) and not budget_hit
+    finally:
+        if started:
+            ray.shutdown()
+    files, table, best = write_results(exp_dir, cfg.model_dump(), higher)
+    outcome = SearchOutcome(
+        config=cfg,
+        experiment_dir=exp_dir,
+        files=files,
+        table=table,
+        best=best,
+        study_name=name,
+        journal_path=exp_dir / JOURNAL_FILE,
+        dashboard_url=url,
+        wall_s=time.perf_counter() - start,
+        num_errors=num_errors,
+        interrupted=interrupted,
+    )
+    if cfg.export_dir and not interrupted:
+        outcome.export = export_best(exp_dir, Path(cfg.export_dir))
+    return outcome
+
+
+def export_best(exp_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Export the best trial's model (search.export_best -> tune_prune.export); never raises.
+
+    A failed export is reported, not fatal: the search's results are already written.
+    """
+    try:
+        from tune_prune.search.export_best import export_best as _export
+    except ImportError as exc:  # tune_prune.export missing in this install
+        return {"status": "skipped", "reason": f"export is not available: {exc}"}
+    try:
+        out = _export(exp_dir, out_dir)
+    except TunePruneError as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    return {"status": "exported", "out_dir": str(out)}

@@ -1,0 +1,102 @@
+"""OptunaSearch that keeps the Optuna study honest about stopped trials, stored on disk.
+
+Ray's ``OptunaSearch.on_trial_complete`` tells Optuna COMPLETE with the *last* reported
+value whenever a result exists, and Tune calls it the same way for a trial that a
+scheduler stopped early (or that the time budget cut off). For a pruning schedule the
+last value before a stop is a score at a sparsity below the target, so TPE would learn
+from a truncated score as if it were final. :class:`PruneAwareOptunaSearch` tells
+Optuna PRUNED for every trial whose last result does not have ``schedule_done``; the
+intermediate values (single-objective) stay in the study, so TPE still ranks pruned
+trials below complete ones, as Optuna's own pruning does.
+
+Storage: OptunaSearch accepts an Optuna ``storage`` and ``study_name`` (it calls
+``create_study(..., load_if_exists=True)``), so the study lives in a JournalStorage
+file in the experiment folder, readable while the search runs:
+``optuna-dashboard <experiment>/optuna_journal.log`` or
+``optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(path)))``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_prune.search import metrics as M
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "optuna_journal.log"
+#: Result keys copied into each Optuna trial's user attributes (shown in optuna-dashboard).
+USER_ATTRS = (
+    "score",
+    "sparsity",
+    "reached_target",
+    "params",
+    "macs",
+    "finetune_epochs_cum",
+    "iteration",
+    "training_iteration",
+)
+
+
+def journal_storage(experiment_dir: str | Path) -> JournalStorage:
+    """The study's JournalStorage file in ``experiment_dir`` (created on demand)."""
+    path = Path(experiment_dir) / JOURNAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that marks early-stopped trials PRUNED and annotates every trial."""
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        self._annotate(ot_trial, trial_id, result)
+        if result and not error and not result.get(M.SCHEDULE_DONE, False):
+            logger.info("trial %s stopped before its schedule ended: Optuna state PRUNED", trial_id)
+            try:
+                self._report_last(ot_trial, result)
+                self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
+            except Exception as exc:  # noqa: BLE001 - same tolerance as OptunaSearch
+                logger.warning("could not mark trial %s pruned: %s", trial_id, exc)
+            self._completed_trials.add(trial_id)
+            return None
+        return super().on_trial_complete(trial_id, result, error)
+
+    def _report_last(self, ot_trial: Any, result: dict[str, Any]) -> None:
+        """Record the stopping result as an intermediate value (Tune skips it on STOP)."""
+        if isinstance(self.metric, list) or self.metric not in result:
+            return
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a step already reported is ignored by Optuna
+            ot_trial.report(float(result[self.metric]), int(result.get("training_iteration", 0)))
+
+    @staticmethod
+    def _annotate(ot_trial: Any, trial_id: str, result: dict[str, Any] | None) -> None:
+        try:
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            if not result:
+                return
+            for key in USER_ATTRS:
+                value = result.get(key)
+                if isinstance(value, bool | int | float | str):
+                    ot_trial.set_user_attr(key, value)
+            shortfall = result.get("sparsity_shortfall")
+            if shortfall is not None:
+                ot_trial.set_user_attr("sparsity_shortfall", float(shortfall))
+                if hasattr(ot_trial, "set_constraint"):  # Optuna >= 5: feasible when <= 0
+                    ot_trial.set_constraint("sparsity_shortfall", float(shortfall))
+        except Exception as exc:  # noqa: BLE001 - annotations are best-effort
+            logger.debug("could not annotate Optuna trial of %s: %s", trial_id, exc)

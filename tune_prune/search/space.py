@@ -1,0 +1,131 @@
+"""The Optuna define-by-run search space over pruning schedules, and its sampler.
+
+Conditional on purpose: a curve exponent means nothing to AGP, simulated-annealing
+temperatures nothing to a fixed schedule. Parameters that exist under one branch only
+are suggested only there, so TPE never fits a density to values that had no effect.
+A parameter whose choices differ by branch (the pruner mode) gets one name per branch
+(``mode__l1``), because Optuna requires a name to keep one distribution.
+
+The function returns the *normalised* trial config (``mode``, ``reset_weight``,
+``total_iteration`` for every generator, ...), which Ray Tune merges with the raw
+suggestions; the trainable reads only the normalised keys.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from tune_prune.search.config import PRUNER_MODES, SearchConfig
+
+#: Parameters that exist only for one generator (the conditionality tests check these).
+SA_PARAMS = ("sa_cool_downs", "sa_start_temperature", "sa_cool_down_rate", "sa_perturbation_magnitude")
+CURVE_PARAMS = ("curve_exponent",)
+REWIND_PARAMS = ("rewind",)
+#: Generators that run a fixed number of iterations toward the target.
+ITERATIVE = ("agp", "linear", "lottery_ticket", "curve")
+#: Where reset_weight rewinds the surviving weights to: 'dense' = each task's starting
+#: weights, by induction the trained dense baseline (NNI); 'early' = the weights a
+#: quarter epoch into the first fine-tune (Frankle et al. 2020's early rewinding).
+REWIND_POINTS = ("dense", "early")
+
+
+def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
+    """Suggest one schedule; return the normalised config the trainable consumes.
+
+    Must stay cheap (OptunaSearch warns above 1 s): no model or data is touched.
+    """
+    generator = trial.suggest_categorical("generator", list(cfg.generators))
+    pruner = trial.suggest_categorical("pruner", cfg.allowed_pruners)
+    modes = list(PRUNER_MODES[pruner])
+    if generator == "simulated_annealing":
+        # SA hands the pruner one entry per layer: 'global' would equal 'normal'.
+        modes = [m for m in modes if m != "global"]
+    key = f"mode__sa__{pruner}" if generator == "simulated_annealing" else f"mode__{pruner}"
+    mode = trial.suggest_categorical(key, modes) if len(modes) > 1 else modes[0]
+    out: dict[str, Any] = {"generator": generator, "pruner": pruner, "mode": mode}
+
+    lo, hi = cfg.min_iterations, cfg.max_iterations
+    if generator == "simulated_annealing":
+        # SA's length is set by its temperatures: one task, then one per cool-down
+        # (k = ceil(log(stop/start)/log(rate)); a rejected candidate may add one more).
+        # Searching k directly and deriving the stop temperature keeps SA trials inside
+        # the same iteration budget as the fixed schedules.
+        k = trial.suggest_int("sa_cool_downs", max(1, lo - 1), max(1, hi - 1))
+        start = trial.suggest_float("sa_start_temperature", 10.0, 200.0, log=True)
+        rate = trial.suggest_float("sa_cool_down_rate", 0.5, 0.95)
+        out.update(
+            total_iteration=k + 1,
+            sa_cool_downs=k,
+            sa_start_temperature=start,
+            sa_cool_down_rate=rate,
+            sa_stop_temperature=sa_stop_temperature(start, rate, k),
+            sa_perturbation_magnitude=trial.suggest_float("sa_perturbation_magnitude", 0.05, 0.5),
+        )
+    else:
+        out["total_iteration"] = trial.suggest_int("total_iteration", lo, hi)
+        if generator == "curve":
+            out["curve_exponent"] = trial.suggest_float("curve_exponent", 0.5, 5.0, log=True)
+
+    if generator == "lottery_ticket":
+        reset = True  # the lottery ticket hypothesis *is* rewinding after each prune
+    elif generator in ITERATIVE:
+        reset = trial.suggest_categorical("reset_weight", [False, True])
+    else:
+        reset = False  # SA re-prunes the dense model every iteration; nothing to rewind
+    out["reset_weight"] = reset
+    if reset:
+        out["rewind"] = trial.suggest_categorical("rewind", list(REWIND_POINTS))
+
+    out["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", list(cfg.finetune_epochs))
+    out["lr"] = (
+        cfg.lr_min
+        if cfg.lr_min == cfg.lr_max
+        else trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
+    )
+    return out
+
+
+def sa_stop_temperature(start: float, rate: float, iterations: int) -> float:
+    """Stop temperature giving exactly ``iterations`` cool-downs from ``start`` at ``rate``.
+
+    The SA generator stops as soon as the temperature is below the stop temperature.
+
+    Placed half a step past the last cool-down so float rounding cannot add or drop one.
+    """
+    return start * rate ** (iterations - 0.5)
+
+
+def sa_iterations(start: float, stop: float, rate: float) -> int:
+    """Iterations a start/stop/rate SA schedule runs (inverse of :func:`sa_stop_temperature`)."""
+    return max(1, math.ceil(math.log(stop / start) / math.log(rate)))
+
+
+def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (multivariate, grouped for the conditional space); NSGA-II when multi-objective.
+
+    The first half of the trials (at most 10) are random start-up trials; with the
+    default 8 trials TPE models the last 4. NSGA-II's population is sized to the
+    budget so the search gets past its random first generation; its constraint
+    (target sparsity reached) makes unreached trials infeasible rather than Pareto-optimal.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.metric_mode_multi:
+            # The constraint (target reached) is set per trial by the searcher with
+            # Trial.set_constraint (Optuna >= 5; constraints_func is deprecated there).
+            return optuna.samplers.NSGAIISampler(
+                population_size=max(2, min(50, cfg.num_samples // 2)),
+                seed=cfg.seed,
+            )
+        return optuna.samplers.TPESampler(
+            seed=cfg.seed,
+            n_startup_trials=max(1, min(10, cfg.num_samples // 2)),
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )

@@ -1,0 +1,393 @@
+"""The Ray Tune function trainable: one trial = one pruning schedule, one report per iteration.
+
+Every trial starts from the same cached dense baseline (trained once by the driver
+before the search; a trial only loads it), builds the generator + pruner +
+PruningScheduler its config names, and reports each pruning iteration with a
+checkpoint holding the scheduler's saved state plus the trial's own counters, so a
+restarted trial resumes at the next iteration and nothing reported is lost.
+
+Trials are identifiable in the Ray dashboard and through ``ray.util.state.list_actors``:
+the actor class is :class:`TunePruneTrial` and its repr (the dashboard's actor name and
+the log prefix) is ``tune_prune:<trial name>``. Each result also carries the actor id
+and pid of the worker that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.trainable.function_trainable import wrap_function
+
+from tune_prune.search import metrics as M
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "search_state.json"
+SCHEDULER_DIR = "scheduler"
+RESULT_DIR = "result"
+
+
+@dataclass
+class TrialCounters:
+    """What a trial accumulates across iterations; saved in every checkpoint."""
+
+    iteration: int = 0
+    progress: float = 0.0
+    best_objective: float | None = None
+    finetune_epochs_cum: float = 0.0
+    finetune_seconds_cum: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Reporter:
+    """Turns one iteration's measurements into Tune metrics + a checkpoint and reports them."""
+
+    def __init__(self, fixed: dict[str, Any], trial: dict[str, Any], dense: dict[str, float]) -> None:
+        self.fixed = fixed
+        self.trial = trial
+        self.dense = dense
+        self.counters = TrialCounters()
+        self.higher_is_better = bool(fixed.get("higher_is_better", True))
+        self.report_fn: Callable[..., None] = _tune_report
+
+    def restore(self, checkpoint_dir: str | Path) -> None:
+        path = Path(checkpoint_dir) / STATE_FILE
+        if path.exists():
+            self.counters = TrialCounters(**json.loads(path.read_text()))
+            logger.info("resuming after iteration %d", self.counters.iteration)
+
+    def metrics(self, meas: dict[str, Any], schedule_done: bool, planned: int | None) -> dict[str, Any]:
+        """The reported dict (see the README of tune_prune.search for every key)."""
+        c = self.counters
+        target = float(self.fixed["target_sparsity"])
+        tol = float(self.fixed["sparsity_tolerance"])
+        score = float(meas.get("score", math.nan) if meas.get("score") is not None else math.nan)
+        sparsity = float(meas.get("sparsity", 0.0))
+        c.iteration += 1
+        c.progress = M.progress(sparsity, target, c.progress, tol)
+        epochs = meas.get("finetune_epochs")
+        c.finetune_epochs_cum += float(self.trial["finetune_epochs"] if epochs is None else epochs)
+        c.finetune_seconds_cum += float(meas.get("finetune_seconds", 0.0) or 0.0)
+        obj = M.objective(score, sparsity, target, tol, c.progress, self.higher_is_better)
+        if c.best_objective is None or M.better(obj, c.best_objective, self.higher_is_better):
+            c.best_objective = obj
+        params = meas.get("params")
+        macs = meas.get("macs")
+        out: dict[str, Any] = {
+            "iteration": c.iteration,
+            "planned_iterations": planned if planned is not None else -1,
+            "task_id": str(meas.get("task_id", c.iteration)),
+            M.SCORE: score,
+            "baseline_score": self.dense["score"],
+            "score_drop": self.dense["score"] - score,
+            "sparsity": sparsity,
+            "weight_sparsity": _number(meas.get("weight_sparsity")),
+            "target_sparsity": target,
+            "sparsity_shortfall": max(0.0, target - tol - sparsity),
+            M.PROGRESS: c.progress,
+            "reached_target": M.reached(sparsity, target, tol),
+            "objective": obj,
+            M.SEARCH_METRIC: c.best_objective,
+            "params": _number(params),
+            "macs": _number(macs),
+            "params_ratio": _ratio(params, self.dense.get("params")),
+            "macs_ratio": _ratio(macs, self.dense.get("macs")),
+            "finetune_epochs_cum": c.finetune_epochs_cum,
+            "finetune_seconds_cum": c.finetune_seconds_cum,
+            M.SCHEDULE_DONE: bool(schedule_done),
+            # Ticket rows (reset_weight) score untrained rewound weights: not comparable
+            # with fine-tuned scores, so the fair early stopping skips them.
+            "es_comparable": not bool(self.trial.get("reset_weight", False)),
+            "generator": self.trial["generator"],
+            "pruner": self.trial["pruner"],
+            "mode": self.trial["mode"],
+            "pid": os.getpid(),
+            "ray_actor_id": _actor_id(),
+        }
+        return out
+
+    def report(
+        self,
+        meas: dict[str, Any],
+        save: Callable[[Path], None] | None,
+        schedule_done: bool = False,
+        planned: int | None = None,
+        model: Any = None,
+        masks: Any = None,
+    ) -> dict[str, Any]:
+        """Report one iteration with a checkpoint.
+
+        ``save`` writes the scheduler state (to resume); ``model``/``masks`` are this
+        iteration's pruned model, stored under ``result/`` so the best iteration of the
+        best trial can be exported whatever the generator kept as its best result.
+        """
+        result = self.metrics(meas, schedule_done, planned)
+        tmp = Path(tempfile.mkdtemp(prefix="tune_prune_ckpt_"))
+        try:
+            if save is not None:
+                save(tmp / SCHEDULER_DIR)
+            if model is not None:
+                save_result(tmp / RESULT_DIR, model, masks or {}, {**self.trial, **result})
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(self.counters)))
+            self.report_fn(result, checkpoint=tune.Checkpoint.from_directory(str(tmp)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return result
+
+
+def save_result(directory: Path, model: Any, masks: Any, meta: dict[str, Any]) -> None:
+    """One iteration's pruned model: state dict, masks, speedup history and metrics (JSON).
+
+    Layout (what tune_prune.export reads): ``model_state_dict.pth``, ``masks.pth``,
+    ``speedup_history.json`` (empty list: the original architecture) and ``result.json``.
+    """
+    import torch
+
+    from tune_prune.pruning.masks import save_masks
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, directory / "model_state_dict.pth")
+    save_masks(masks, directory / "masks.pth")
+    from tune_prune.pruning.tools._io import model_history, to_jsonable
+
+    # The compact architecture's recipe, as the pruning package's own log_dir stores it.
+    (directory / "speedup_history.json").write_text(json.dumps(to_jsonable(model_history(model))))
+    (directory / "result.json").write_text(json.dumps(meta, indent=2, default=str))
+
+
+def _tune_report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
+    """tune.report; a module-level indirection so tests can run a trial body without Ray."""
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def _number(value: Any) -> float:
+    """A float metric; NaN when the scheduler could not measure it (None)."""
+    return math.nan if value is None else float(value)
+
+
+def _ratio(value: Any, dense: Any) -> float:
+    try:
+        return float(value) / float(dense) if dense else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _actor_id() -> str:
+    try:
+        import ray
+
+        if not ray.is_initialized():  # get_runtime_context() would start Ray
+            return ""
+        return ray.get_runtime_context().get_actor_id() or ""
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests)
+        return ""
+
+
+# ----------------------------------------------------------------------------- the body
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune entry point: ``config = {"fixed": {...search-wide...}, **trial suggestions}``."""
+    fixed = config["fixed"]
+    trial = {k: v for k, v in config.items() if k != "fixed"}
+    cpus = max(1, int(fixed.get("cpus_per_trial", 1)))
+    try:
+        import torch
+
+        torch.set_num_threads(cpus)
+    except Exception:  # noqa: BLE001
+        pass
+    checkpoint = tune.get_checkpoint()
+    if fixed.get("dry_run"):
+        _simulate(fixed, trial, checkpoint)
+    else:
+        _prune(fixed, trial, checkpoint)
+
+
+def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> None:
+    import copy
+
+    from tune_prune.pruning.measure import count_macs, count_params
+    from tune_prune.search import build
+    from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
+
+    seed = int(fixed["seed"])
+    workload = get_workload(fixed["workload"], **fixed.get("workload_options", {}))
+    cache = fixed["baseline_cache_dir"]
+    model = load_or_train_baseline(workload, seed, cache)
+    meta = read_baseline_metadata(workload, seed, cache) or {}
+    dummy = workload.dummy_input()
+    dense_score = meta.get("val_score")
+    if dense_score is None:
+        dense_score = workload.evaluate(model, "val")
+    dense = {
+        "score": float(dense_score),
+        "params": float(count_params(model)),
+        "macs": float(count_macs(model, dummy)),
+    }
+    reporter = Reporter(fixed, trial, dense)
+    config_list = build.make_config_list(
+        fixed["sparsity_kind"], trial["mode"], float(fixed["target_sparsity"]), trial["generator"]
+    )
+    log_dir = Path(tempfile.mkdtemp(prefix="tune_prune_tasks_"))
+    generator = build.make_task_generator(trial, copy.deepcopy(model), config_list, log_dir, seed)
+    pruner = build.make_pruner(trial["pruner"], trial["mode"], dummy)
+    finetuner = workload.finetuner(float(trial["finetune_epochs"]), float(trial["lr"]), seed)
+    reset_weight = bool(trial.get("reset_weight", False))
+    holder: dict[str, Any] = {}
+
+    def on_iteration(task_result: Any, measurements: dict[str, Any]) -> None:
+        sched = holder["scheduler"]
+        holder["last"] = task_result
+        # Ticket trials end with one more (retraining) row, reported after compress().
+        done = (not reset_weight) and build.schedule_finished(generator, measurements)
+        reporter.report(
+            dict(measurements), sched.save_state, schedule_done=done,
+            planned=build.planned_iterations(generator, reset_weight),
+            model=task_result.compact_model, masks=task_result.compact_model_masks,
+        )
+
+    scheduler = build.make_scheduler(
+        pruner, generator, finetuner, workload.evaluator("val"), dummy,
+        speedup=bool(fixed.get("speedup", False)),
+        reset_weight=reset_weight,
+        rewind_steps=build.rewind_steps(trial, workload),
+        on_iteration=on_iteration,
+    )
+    holder["scheduler"] = scheduler
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            reporter.restore(d)
+            if (Path(d) / SCHEDULER_DIR).exists():
+                scheduler.load_state(str(Path(d) / SCHEDULER_DIR))
+    try:
+        if reporter.counters.extra.get("final_reported"):
+            return
+        scheduler.compress()
+        if reset_weight:
+            _retrain_last_ticket(reporter, scheduler, generator, holder.get("last"), finetuner,
+                                 workload.evaluator("val"), dummy)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _retrain_last_ticket(
+    reporter: Reporter, scheduler: Any, generator: Any, last: Any, finetuner: Any, evaluator: Any, dummy: Any
+) -> None:
+    """Fine-tune the last ticket (the one at the target) once, masks held, and report it.
+
+    The scheduler evaluates tickets untrained (NNI's lottery-ticket order) and its own
+    ``retrain_ticket`` retrains the best-scoring ticket, which is the least pruned one;
+    the search needs the ticket at the target sparsity, trained like every other schedule.
+    """
+    import copy
+
+    from tune_prune.pruning.masks import unwrap_model, wrap_model
+    from tune_prune.search import build
+
+    if last is None:
+        logger.warning("resumed after the last ticket: nothing in memory to retrain; ending the trial")
+        return
+    model = copy.deepcopy(last.compact_model)
+    masks = last.compact_model_masks
+    start = time.perf_counter()
+    if masks:
+        wrap_model(model, masks)
+    try:
+        finetuner(model)
+        finetune_s = time.perf_counter() - start
+        score = evaluator(model)
+    finally:
+        if masks:
+            unwrap_model(model)
+    meas = build.measure_result(generator, model, masks, dummy)
+    meas.update(task_id=f"{last.task_id}-retrained", score=score, finetune_seconds=finetune_s)
+    reporter.counters.extra["final_reported"] = True
+    reporter.report(meas, scheduler.save_state, schedule_done=True,
+                    planned=reporter.counters.iteration + 1, model=model, masks=masks)
+
+
+def _simulate(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> None:
+    """dry_run body: the trial's schedule shape with a synthetic accuracy curve, no training.
+
+    Deterministic in the trial config; exercises reporting, checkpoints, early stopping
+    and the searcher exactly as a real trial does, in milliseconds per iteration.
+    """
+    import hashlib
+
+    target = float(fixed["target_sparsity"])
+    n = int(trial["total_iteration"])
+    gen = trial["generator"]
+    h = int(hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
+    quality = (h % 1000) / 1000.0  # per-config luck
+    dense = {"score": 0.97, "params": 1e5, "macs": 1e6}
+    reporter = Reporter(fixed, trial, dense)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            reporter.restore(d)
+    delay = float(fixed.get("dry_run_delay_s", 0.0))
+    for i in range(reporter.counters.iteration + 1, n + 1):
+        p = i / n
+        if gen == "agp":
+            s = target * (1 - (1 - p) ** 3)
+        elif gen == "lottery_ticket":
+            s = 1 - (1 - target) ** p
+        elif gen == "curve":
+            s = target * (1 - (1 - p) ** float(trial.get("curve_exponent", 3.0)))
+        elif gen == "simulated_annealing":
+            s = target
+        else:
+            s = target * p
+        epochs_cum = reporter.counters.finetune_epochs_cum + float(trial["finetune_epochs"])
+        recovery = 1 - math.exp(-epochs_cum / 3)
+        score = 0.97 - 0.25 * s**3 * (1.2 - 0.4 * recovery) - 0.05 * quality
+        meas = {
+            "task_id": i, "score": score, "sparsity": s,
+            "params": 1e5 * (1 - s), "macs": 1e6 * (1 - 0.7 * s),
+            "finetune_seconds": 0.0,
+        }
+        if delay:
+            time.sleep(delay)
+        reporter.report(meas, None, schedule_done=i == n, planned=n)
+
+
+# ----------------------------------------------------------------------------- trainable class
+
+_Base = wrap_function(run_trial, name="tune_prune_trial")
+
+
+class TunePruneTrial(_Base):  # type: ignore[misc, valid-type]
+    """Function trainable whose actor class and repr name the trial (dashboard, logs, state API).
+
+    Resources come from the trial config (``fixed.cpus_per_trial`` / ``gpus_per_trial``)
+    rather than ``tune.with_resources``, which would rename the actor class.
+    """
+
+    def __repr__(self) -> str:
+        try:
+            return f"tune_prune:{self.trial_name}"
+        except Exception:  # noqa: BLE001 - before setup
+            return "tune_prune:trial"
+
+    @classmethod
+    def default_resource_request(cls, config: dict[str, Any]) -> Any:
+        from ray.tune import PlacementGroupFactory
+
+        fixed = config.get("fixed", {}) if isinstance(config, dict) else {}
+        bundle = {"CPU": float(fixed.get("cpus_per_trial", 1.0))}
+        gpus = float(fixed.get("gpus_per_trial", 0.0))
+        if gpus > 0:
+            bundle["GPU"] = gpus
+        return PlacementGroupFactory([bundle])
