@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file of SearchConfig fields (flags override it)")
     for name, field in SearchConfig.model_fields.items():
-        help_text = (field.description or "").replace("%", "%%") + f" (default: {field.default!r})"
+        default = field.get_default(call_default_factory=True)
+        help_text = (field.description or "").replace("%", "%%") + f" (default: {default!r})"
         elem, is_list = _base_type(field.annotation)
         flag = _flag(name)
         if elem is bool:
