@@ -10,7 +10,15 @@ An export directory holds:
 
 ``load(DIR)`` rebuilds the architecture from the workload named in the spec, replays
 the speedup history, and loads the weights with ``weights_only=True``. Writes are
-atomic: files go to a temporary sibling directory that is renamed into place.
+atomic: files go to a temporary sibling directory that is renamed into place. Replacing
+an existing export takes two renames (old export aside, new one in); if the second
+fails the old export is renamed back, and if the process dies between the two, the
+next ``export_model`` or ``load`` of that directory puts the old export back first
+(:func:`recover`). A half-written export is never at ``DIR``; every malformed export
+directory makes ``load`` raise ExportError (never another exception).
+
+Note: ``load`` imports the workload the spec names; for a ``module:factory`` spec that
+runs that factory, so load exports only from sources you trust as you would code.
 
 Command line::
 
@@ -49,8 +57,27 @@ def _atomic_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
 
 
+def _old_of(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.old")
+
+
+def recover(out_dir: str | os.PathLike[str]) -> bool:
+    """Put back an export left aside by a replacement that died between its two renames.
+
+    Returns True when ``out_dir`` was missing and its complete predecessor was restored.
+    """
+    out = Path(out_dir)
+    old = _old_of(out)
+    if not out.exists() and (old / SPEC_FILE).is_file() and (old / WEIGHTS_FILE).is_file():
+        os.replace(old, out)
+        logger.warning("restored the previous export %s (an export was interrupted)", out)
+        return True
+    return False
+
+
 def _publish(tmp: Path, out_dir: Path) -> None:
     """Move a finished temp directory into place; an existing export is replaced whole."""
+    recover(out_dir)
     if out_dir.exists():
         if not (out_dir / SPEC_FILE).exists() and any(out_dir.iterdir()):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -58,10 +85,14 @@ def _publish(tmp: Path, out_dir: Path) -> None:
                 f"export directory {str(out_dir)!r} exists, is not empty and holds no "
                 f"{SPEC_FILE}: refusing to overwrite it"
             )
-        old = out_dir.with_name(f".{out_dir.name}.old")
+        old = _old_of(out_dir)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)  # roll back: the previous export stays in place
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
@@ -82,6 +113,7 @@ def export_model(
 ) -> Path:
     """Write ``model`` (unwrapped) and its description to ``out_dir`` atomically."""
     out = Path(out_dir)
+    recover(out)
     tmp = _atomic_dir(out)
     try:
         model = model.cpu().eval()
@@ -128,6 +160,7 @@ def read_spec(export_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The export's JSON spec, with a clear error when the directory is not an export."""
     directory = Path(export_dir)
     spec_path = directory / SPEC_FILE
+    recover(directory)
     if not directory.is_dir():
         raise ExportError(f"export directory {str(directory)!r} does not exist")
     for name in (SPEC_FILE, WEIGHTS_FILE):
@@ -135,7 +168,7 @@ def read_spec(export_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise ExportError(f"export directory {str(directory)!r} has no {name}")
     try:
         spec = json.loads(spec_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8 at all
         raise ExportError(f"{str(spec_path)!r} is not valid JSON: {err}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("workload"), str):
         raise ExportError(f"{str(spec_path)!r}: field 'workload' is missing or not a string")
@@ -144,6 +177,12 @@ def read_spec(export_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"{str(spec_path)!r}: format_version {spec.get('format_version')!r} is not "
             f"{FORMAT_VERSION}"
         )
+    options = spec.get("workload_options", {})
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ExportError(f"{str(spec_path)!r}: field 'workload_options' is not an object: {options!r}")
+    history = spec.get("speedup_history")
+    if history is not None and not isinstance(history, list):
+        raise ExportError(f"{str(spec_path)!r}: field 'speedup_history' is not a list: {history!r}")
     return spec
 
 
@@ -155,22 +194,40 @@ def load(export_dir: str | os.PathLike[str]) -> nn.Module:
 
     directory = Path(export_dir)
     spec = read_spec(directory)
-    workload = get_workload(spec["workload"], **spec.get("workload_options", {}))
+    where = f"export {str(directory)!r}"
+    try:
+        workload = get_workload(spec["workload"], **spec.get("workload_options", {}))
+    except TunePruneError as err:
+        raise ExportError(f"{where}: field 'workload'={spec['workload']!r}: {err}") from None
     model = workload.build_model()
     if spec.get("speedup_history"):
-        model = rebuild_compact_model(model, spec["speedup_history"])
+        try:
+            model = rebuild_compact_model(model, spec["speedup_history"])
+        except Exception as err:  # noqa: BLE001 - any malformed history is the file's fault
+            raise ExportError(
+                f"{where}: field 'speedup_history' does not rebuild the model: "
+                f"{type(err).__name__}: {err}"
+            ) from None
     try:
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"holds a {type(state).__name__}, not a state dict")
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - garbled, truncated or mismatched weights
+        raise ExportError(
+            f"cannot load the weights in {str(directory)!r} ({WEIGHTS_FILE}): "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    try:
         masks = (
             torch.load(directory / MASKS_FILE, map_location="cpu", weights_only=True)
             if (directory / MASKS_FILE).exists()
             else {}
         )
-        model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as err:
-        raise ExportError(f"cannot load the weights in {str(directory)!r}: {err}") from None
-    if masks:
-        apply_masks(model, masks)
+        if masks:
+            apply_masks(model, masks)
+    except Exception as err:  # noqa: BLE001 - garbled or mismatched masks
+        raise ExportError(f"{where}: cannot apply {MASKS_FILE}: {type(err).__name__}: {err}") from None
     return model.eval()
 
 

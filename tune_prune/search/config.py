@@ -39,7 +39,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 class SearchConfig(BaseModel):
     """All settings of one search; field descriptions double as ``--help`` texts."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: 'inf' CPUs per trial or a NaN learning rate would pass the
+    # bounds below (NaN compares false, inf is > 0) and hang or poison the search.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     # ---- what is pruned and to where
     workload: str = Field("digits", description="workload spec passed to get_workload (e.g. 'digits')")

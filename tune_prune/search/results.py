@@ -16,6 +16,15 @@ Files written into the experiment folder:
 * ``tensorboard/<trial_id>/``: per-trial scalars against the iteration and against the
   sparsity (step = sparsity in permille); Tune's own event files sit in each trial folder;
 * ``summary.json``: the best trial, its config, checkpoint and where every file is.
+
+Failed trials: the status is ``error`` when the driver recorded the trial's final
+error in ``failed_trials.json`` (Tune's record; a trial that failed once and recovered
+from its checkpoint is not an error), else when Tune's ``error.txt`` exists and the
+trial did not finish its schedule. The ``error`` column holds the message, and a trial
+that failed before its first report still gets a row in ``best_per_trial.csv``.
+Checkpoint columns only ever name checkpoints of reported iterations: a checkpoint
+folder whose report never reached the driver (a worker killed while Tune copied it)
+may be incomplete and is never picked up.
 """
 
 from __future__ import annotations
@@ -69,7 +78,9 @@ BEST_COLUMNS = (
     "finetune_epochs_total",
     "best_checkpoint",
     "checkpoint_path",
+    "error",
 )
+ERRORS_FILE = "failed_trials.json"
 
 
 @dataclass
@@ -101,17 +112,55 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _trial_status(trial_dir: Path, rows: list[dict[str, Any]]) -> str:
-    if (trial_dir / "error.txt").exists() or (trial_dir / "error.pkl").exists():
+def _trial_id_of(trial_dir: Path) -> str:
+    return trial_dir.name.removeprefix("trial_")
+
+
+def read_errors(exp: Path) -> dict[str, str] | None:
+    """``failed_trials.json`` (trial_id -> final error), or None when the driver wrote none."""
+    try:
+        data = json.loads((exp / ERRORS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def _error_text(trial_dir: Path) -> str:
+    """The last line naming an error in Tune's error.txt ('' when there is none)."""
+    try:
+        text = (trial_dir / "error.txt").read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else ""
+
+
+def _trial_status(trial_dir: Path, rows: list[dict[str, Any]], errors: dict[str, str] | None = None,
+                  trial_id: str | None = None) -> str:
+    done = bool(rows and rows[-1].get(M.SCHEDULE_DONE))
+    if errors is not None:
+        if (trial_id or _trial_id_of(trial_dir)) in errors:
+            return "error"
+    elif not done and ((trial_dir / "error.txt").exists() or (trial_dir / "error.pkl").exists()):
         return "error"
-    if rows and rows[-1].get(M.SCHEDULE_DONE):
+    if done:
         return "complete"
     return "stopped" if rows else "no_result"
 
 
-def _latest_checkpoint(trial_dir: Path) -> str:
-    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
-    return str(ckpts[-1]) if ckpts else ""
+def _latest_checkpoint(trial_dir: Path, rows: list[dict[str, Any]] | None = None) -> str:
+    """The newest kept checkpoint of a *reported* iteration (see the module docstring)."""
+    its = sorted({int(r["training_iteration"]) for r in rows or []
+                  if isinstance(r.get("training_iteration"), int | float)
+                  and math.isfinite(r["training_iteration"])}, reverse=True)
+    for it in its:
+        path = trial_dir / f"checkpoint_{it - 1:06d}"
+        if path.is_dir():
+            return str(path)
+    return ""
 
 
 def _checkpoint_of(row: dict[str, Any]) -> str:
@@ -131,6 +180,7 @@ def _checkpoint_of(row: dict[str, Any]) -> str:
 def collect(experiment_dir: str | Path) -> pd.DataFrame:
     """All trials x iterations as one DataFrame (empty, with no columns, if nothing ran)."""
     exp = Path(experiment_dir)
+    errors = read_errors(exp)
     frames = []
     for trial_dir in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
         try:
@@ -140,6 +190,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
         rows = _read_jsonl(trial_dir / "result.json")
         if not rows:
             continue
+        tid = str(rows[-1].get("trial_id", _trial_id_of(trial_dir)))
         df = pd.DataFrame(rows)
         for key in CONFIG_KEYS:
             if key in params and key not in df.columns:
@@ -148,8 +199,9 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
                 df[key] = df[key].fillna(params[key]) if df[key].isna().any() else df[key]
         df["trial_id"] = df.get("trial_id", trial_dir.name)
         df["trial_dir"] = str(trial_dir)
-        df["status"] = _trial_status(trial_dir, rows)
-        df["checkpoint_path"] = _latest_checkpoint(trial_dir)
+        df["status"] = status = _trial_status(trial_dir, rows, errors, tid)
+        df["error"] = ((errors or {}).get(tid) or _error_text(trial_dir)) if status == "error" else ""
+        df["checkpoint_path"] = _latest_checkpoint(trial_dir, rows)
         frames.append(df)
     if not frames:
         return pd.DataFrame()
@@ -186,11 +238,34 @@ def best_per_trial(table: pd.DataFrame, higher_is_better: bool = True) -> pd.Dat
     return best.sort_values("objective", ascending=not higher_is_better, kind="stable").reset_index(drop=True)
 
 
+def failed_without_report(experiment_dir: str | Path, table: pd.DataFrame) -> pd.DataFrame:
+    """Rows for trials that failed before reporting anything (absent from ``table``)."""
+    exp = Path(experiment_dir)
+    errors = read_errors(exp)
+    seen = set(table["trial_id"].astype(str)) if not table.empty else set()
+    rows = []
+    for trial_dir in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
+        tid = _trial_id_of(trial_dir)
+        if tid in seen or _read_jsonl(trial_dir / "result.json"):
+            continue
+        if _trial_status(trial_dir, [], errors, tid) != "error":
+            continue
+        try:
+            params = json.loads((trial_dir / "params.json").read_text())
+        except ValueError:
+            params = {}
+        row: dict[str, Any] = {k: params[k] for k in CONFIG_KEYS if k in params}
+        row.update(trial_id=tid, status="error", iterations_run=0,
+                   error=(errors or {}).get(tid) or _error_text(trial_dir))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def pareto_front(best: pd.DataFrame, cost: str = "macs", higher_is_better: bool = True) -> pd.DataFrame:
     """Trials at target not dominated in (score, cost): better-or-equal in both, better in one."""
     if best.empty or cost not in best.columns:
         return best.iloc[0:0]
-    cand = best[best["reached_target"].astype(bool)].copy()
+    cand = best[best["reached_target"].eq(True)].copy()
     sign = 1.0 if higher_is_better else -1.0
     keep = []
     for i, a in cand.iterrows():
@@ -235,8 +310,8 @@ def _plots(exp: Path, table: pd.DataFrame, best: pd.DataFrame, front: pd.DataFra
     out.append(p)
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    reached = best[best["reached_target"].astype(bool)] if not best.empty else best
-    missed = best[~best["reached_target"].astype(bool)] if not best.empty else best
+    reached = best[best["reached_target"].eq(True)] if not best.empty else best
+    missed = best[~best["reached_target"].eq(True)] if not best.empty else best
     ax.scatter(reached["macs"], reached["score"], label="at target", s=20)
     if not missed.empty:
         ax.scatter(missed["macs"], missed["score"], label="below target", s=20, marker="x")
@@ -281,6 +356,9 @@ def write_results(
     exp = Path(experiment_dir)
     table = collect(exp)
     best = best_per_trial(table, higher_is_better)
+    failed = failed_without_report(exp, table)
+    if not failed.empty:  # ranked last: no objective
+        best = pd.concat([best, failed.reindex(columns=best.columns)], ignore_index=True)
     cost = cfg.get("multi_objective", "none")
     front = pareto_front(best, "macs" if cost in ("none", None) else cost, higher_is_better)
     files = ResultFiles(exp, exp / "trials.csv", exp / "trials.parquet", exp / "best_per_trial.csv", None)

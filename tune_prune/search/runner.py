@@ -5,6 +5,14 @@ trials only ever load it. The experiment folder ``STORAGE_PATH/NAME`` holds Tune
 trial folders and checkpoints, ``search_config.json``, the Optuna journal and the
 result tables; ``resume=True`` restores the Tuner from it (Tuner.restore), with the
 saved config, so an interrupted search continues where it stopped.
+
+Before anything is written or Ray starts, :func:`preflight` checks the workload: it
+resolves every config_list the search space can produce on a fresh model (a model
+with no prunable layer is a ConfigError), evaluates the dense baseline once and
+requires a finite real score (WorkloadError otherwise), so bad input fails in seconds
+and leaves no experiment folder behind. ``search_config.json`` is written atomically;
+after ``Tuner.fit`` the final error of every failed trial (Tune's record) goes to
+``failed_trials.json``, which the result tables use for the trial's status.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from tune_prune.search.results import ResultFiles, write_results
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "search_config.json"
+ERRORS_FILE = "failed_trials.json"
 Printer = Callable[[str], None]
 
 
@@ -81,6 +90,7 @@ def _start_ray(cfg: SearchConfig, name: str) -> tuple[bool, str | None]:
         ray.init(address=cfg.address, job_config=job_config, log_to_driver=False)
     else:
         ray.init(
+            address="local",  # always a new instance: never attach to another user's cluster
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.include_dashboard,
             dashboard_host=cfg.dashboard_host,
@@ -125,15 +135,29 @@ def _fixed(cfg: SearchConfig, higher_is_better: bool) -> dict[str, Any]:
     }
 
 
-def _baseline(cfg: SearchConfig, say: Printer) -> bool:
-    """Train or load the dense baseline once, before any trial; returns higher_is_better."""
+def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
+    """Check the workload and train/load the dense baseline once; returns higher_is_better.
+
+    Runs before any file of the experiment is written and before Ray starts. Raises
+    ConfigError when the model has no layer the configured pruning can select (every
+    config_list the search space can produce is resolved on a fresh model) and
+    WorkloadError when ``evaluate`` does not return a finite real number (checked on the
+    fresh model before training, then on the trained baseline).
+    """
+    say = say or (lambda msg: logger.info("%s", msg))
     if cfg.dry_run:
         return True
     import torch
 
     from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
+    from tune_prune.workloads.base import check_score
 
     workload = get_workload(cfg.workload, **cfg.workload_options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        fresh = workload.build_model()
+    _check_prunable(cfg, fresh)
+    check_score(workload, workload.evaluate(fresh, "val"), "untrained model")
     cache = cfg.resolved_baseline_cache()
     start = time.perf_counter()
     threads = torch.get_num_threads()
@@ -141,15 +165,77 @@ def _baseline(cfg: SearchConfig, say: Printer) -> bool:
     # cores train far faster on one thread than oversubscribed).
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     try:
-        load_or_train_baseline(workload, cfg.seed, cache)
+        model = load_or_train_baseline(workload, cfg.seed, cache)
+        score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
     finally:
         torch.set_num_threads(threads)
     meta = read_baseline_metadata(workload, cfg.seed, cache) or {}
     say(
-        f"dense baseline {workload.name} (seed {cfg.seed}): val score {meta.get('val_score', float('nan')):.4f} "
-        f"[{time.perf_counter() - start:.1f} s, cache {cache}]"
+        f"dense baseline {workload.name} (seed {cfg.seed}): val score {score:.4f} "
+        f"[{time.perf_counter() - start:.1f} s, cache {cache}, trained in "
+        f"{meta.get('train_seconds', '?')} s]"
     )
     return bool(workload.higher_is_better)
+
+
+def _check_prunable(cfg: SearchConfig, model: Any) -> None:
+    """Resolve each distinct config_list the space may give a trial on ``model``."""
+    from tune_prune.pruning.config import resolve_config_list
+    from tune_prune.pruning.pruners.registry import get_pruner_class
+    from tune_prune.search import build
+    from tune_prune.search.config import PRUNER_MODES
+
+    seen: set[tuple[str, Any]] = set()
+    for pruner in cfg.allowed_pruners:
+        prunable = getattr(get_pruner_class(pruner), "prunable", None)
+        for mode in PRUNER_MODES[pruner]:
+            for generator in cfg.generators:
+                config_list = build.make_config_list(cfg.sparsity_kind, mode, cfg.target_sparsity, generator)
+                key = (json.dumps(config_list, sort_keys=True), prunable)
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    resolve_config_list(model, config_list, prunable=prunable)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"workload={cfg.workload!r}: its model cannot be pruned with "
+                        f"sparsity_kind={cfg.sparsity_kind!r}, pruner={pruner!r}, mode={mode!r}, "
+                        f"target_sparsity={cfg.target_sparsity!r}: {exc}"
+                    ) from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temp file in the same folder and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_errors(exp_dir: Path, grid: Any) -> None:
+    """Tune's final error of each failed trial -> ``failed_trials.json`` (trial_id -> message)."""
+    errors: dict[str, str] = {}
+    for result in grid:
+        if result.error is None:
+            continue
+        tid = (result.metrics or {}).get("trial_id")
+        if not tid and result.path:
+            tid = Path(result.path).name.removeprefix("trial_")
+        errors[str(tid)] = error_message(result.error)
+    _atomic_write_text(exp_dir / ERRORS_FILE, json.dumps(errors, indent=2))
+
+
+def error_message(error: Any) -> str:
+    """The last meaningful line of a (Ray-wrapped) exception: its type and message."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:500]
+    return (lines[-1] if lines else type(error).__name__)[:500]
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -214,16 +300,17 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         raise ConfigError(
             f"name={name!r}: experiment {str(exp_dir)!r} exists; pass resume=True (--resume) or another name"
         )
+    # Bad workloads fail here: before the experiment folder exists and before Ray starts.
+    higher = preflight(cfg, say)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
-        (exp_dir / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(), indent=2))
+        _atomic_write_text(exp_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
 
     # Forced experiment snapshots (num_to_keep) are cheap here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started, url = _start_ray(cfg, name)
     say(f"experiment {exp_dir}" + (f"  |  Ray dashboard {url}" if url else ""))
     try:
-        higher = _baseline(cfg, say)
         trainable = TunePruneTrial
         callbacks = [ProgressCallback(say)]
         if cfg.resume and (exp_dir / "tuner.pkl").exists():
@@ -283,6 +370,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         )
         fit_start = time.perf_counter()
         grid = tuner.fit()
+        _write_errors(exp_dir, grid)
         num_errors = grid.num_errors
         unfinished = len(grid) - grid.num_terminated - grid.num_errors
         budget_hit = cfg.time_budget_s is not None and time.perf_counter() - fit_start >= cfg.time_budget_s

@@ -9,6 +9,11 @@ Optuna PRUNED for every trial whose last result does not have ``schedule_done``;
 intermediate values (single-objective) stay in the study, so TPE still ranks pruned
 trials below complete ones, as Optuna's own pruning does.
 
+Failed trials: Ray's ``OptunaSearch`` tells FAIL only when the failed trial never
+reported; one that reported some iterations and then raised (or diverged) would be told
+COMPLETE with its last value and ranked like a finished schedule. Here every trial Tune
+reports with ``error=True`` is told FAIL (its last result kept as user attributes).
+
 Storage: OptunaSearch accepts an Optuna ``storage`` and ``study_name`` (it calls
 ``create_study(..., load_if_exists=True)``), so the study lives in a JournalStorage
 file in the experiment folder, readable while the search runs:
@@ -62,7 +67,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         self._annotate(ot_trial, trial_id, result)
-        if result and not error and not result.get(M.SCHEDULE_DONE, False):
+        if error:
+            logger.info("trial %s failed: Optuna state FAIL", trial_id)
+            try:
+                ot_trial.set_user_attr("tune_error", True)
+                self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
+            except Exception as exc:  # noqa: BLE001 - same tolerance as OptunaSearch
+                logger.warning("could not mark trial %s failed: %s", trial_id, exc)
+            self._completed_trials.add(trial_id)
+            return None
+        if result and not result.get(M.SCHEDULE_DONE, False):
             logger.info("trial %s stopped before its schedule ended: Optuna state PRUNED", trial_id)
             try:
                 self._report_last(ot_trial, result)

@@ -10,6 +10,21 @@ Trials are identifiable in the Ray dashboard and through ``ray.util.state.list_a
 the actor class is :class:`TunePruneTrial` and its repr (the dashboard's actor name and
 the log prefix) is ``tune_prune:<trial name>``. Each result also carries the actor id
 and pid of the worker that produced it.
+
+Reliability (see tests/reliability):
+
+* Determinism: before every pruning task the global torch / Python / NumPy RNGs are
+  seeded from ``(seed, iteration)`` (:func:`seed_iteration`), in a fresh run and after a
+  restore alike, so a trial killed and resumed from its checkpoint ends with the same
+  masks and score as an uninterrupted one (the workload's own data order is seeded too).
+* Divergence: a score that is not a finite real number (NaN/inf loss or score, or a
+  workload returning a non-number) raises :class:`~tune_prune.errors.WorkloadError`
+  before anything is reported, so Tune marks the trial failed rather than ranking it.
+* Fault injection for tests: ``TUNE_PRUNE_TEST_FAULT="kill:K:MARKER"`` makes the trial
+  SIGKILL its own worker while fine-tuning iteration K, once (guarded by the MARKER
+  file); ``"raise:K:MARKER"`` makes the first trial reaching iteration K raise there on
+  every attempt (MARKER records which trial); several faults are joined by ';'. Unset,
+  nothing happens.
 """
 
 from __future__ import annotations
@@ -17,8 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
+import random
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +52,7 @@ from tune_prune.search import metrics as M
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.json"
+FAULT_ENV = "TUNE_PRUNE_TEST_FAULT"
 SCHEDULER_DIR = "scheduler"
 RESULT_DIR = "result"
 
@@ -72,7 +91,7 @@ class Reporter:
         c = self.counters
         target = float(self.fixed["target_sparsity"])
         tol = float(self.fixed["sparsity_tolerance"])
-        score = float(meas.get("score", math.nan) if meas.get("score") is not None else math.nan)
+        score = checked_score(meas.get("score"), c.iteration + 1)
         sparsity = float(meas.get("sparsity", 0.0))
         c.iteration += 1
         c.progress = M.progress(sparsity, target, c.progress, tol)
@@ -114,6 +133,7 @@ class Reporter:
             "mode": self.trial["mode"],
             "pid": os.getpid(),
             "ray_actor_id": _actor_id(),
+            "ray_node_id": _node_id(),
         }
         return out
 
@@ -146,6 +166,72 @@ class Reporter:
         return result
 
 
+def checked_score(value: Any, iteration: int) -> float:
+    """``value`` as a float; WorkloadError when it is not a finite real number (divergence)."""
+    from tune_prune.errors import WorkloadError
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise WorkloadError(
+            f"score={value!r} at iteration {iteration} is not a real number "
+            f"(type {type(value).__name__}); the workload's evaluate() must return a float"
+        )
+    score = float(value)
+    if not math.isfinite(score):
+        raise WorkloadError(f"score={score!r} at iteration {iteration}: the trial diverged")
+    return score
+
+
+def seed_iteration(seed: int, iteration: int) -> None:
+    """Seed torch, ``random`` and NumPy from ``(seed, iteration)`` before a pruning task.
+
+    Called before the first task and again after every reported iteration (and after a
+    restore), so a resumed trial draws exactly what an uninterrupted one would.
+    """
+    import torch
+
+    derived = (int(seed) * 1_000_003 + int(iteration) * 7_919) % (2**31 - 1)
+    torch.manual_seed(derived)
+    random.seed(derived)
+    try:
+        import numpy as np
+
+        np.random.seed(derived)
+    except ImportError:  # pragma: no cover - numpy ships with torch here
+        pass
+
+
+def _fault_hook(iteration: int) -> None:
+    """Test-only fault injection (see the module docstring); a no-op unless FAULT_ENV is set.
+
+    Several faults may be given, separated by ';' (e.g. ``raise:2:M1;kill:3:M2``).
+    """
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
+        kind, _, rest = spec.partition(":")
+        at, _, marker = rest.partition(":")
+        if not at.isdigit() or int(at) != iteration or not marker:
+            continue
+        mark = Path(marker)
+        if kind == "kill":
+            if mark.exists():
+                continue
+            mark.write_text(str(os.getpid()))
+            logger.warning("fault injection: SIGKILL of pid %d in iteration %d", os.getpid(), iteration)
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "raise":
+            me = _trial_id()
+            if not mark.exists():
+                mark.write_text(me)
+            if mark.read_text() == me:
+                raise RuntimeError(f"fault injection: trial {me} raises in iteration {iteration}")
+
+
+def _trial_id() -> str:
+    try:
+        return str(tune.get_context().get_trial_id() or "local")
+    except Exception:  # noqa: BLE001 - outside Tune
+        return "local"
+
+
 def save_result(directory: Path, model: Any, masks: Any, meta: dict[str, Any]) -> None:
     """One iteration's pruned model: state dict, masks, speedup history and metrics (JSON).
 
@@ -167,6 +253,28 @@ def save_result(directory: Path, model: Any, masks: Any, meta: dict[str, Any]) -
     (directory / "result.json").write_text(json.dumps(meta, indent=2, default=str))
 
 
+def load_result(directory: Path, workload: Any) -> Any:
+    """The pruned model saved by :func:`save_result`, as a TaskResult-like namespace.
+
+    ``compact_model`` (rebuilt from the workload's architecture, the speedup history and
+    the state dict, weights_only loading), ``compact_model_masks`` and ``task_id``.
+    """
+    import types
+
+    import torch
+
+    from tune_prune.pruning.masks import load_masks_file, masks_to
+    from tune_prune.pruning.tools._io import rebuild_model
+
+    state = torch.load(directory / "model_state_dict.pth", map_location="cpu", weights_only=True)
+    history = json.loads((directory / "speedup_history.json").read_text())
+    meta = json.loads((directory / "result.json").read_text())
+    model = rebuild_model(workload.build_model(), history, state).to(workload.device)
+    masks = masks_to(load_masks_file(directory / "masks.pth"), workload.device)
+    return types.SimpleNamespace(compact_model=model, compact_model_masks=masks,
+                                 task_id=meta.get("task_id", "restored"))
+
+
 def _tune_report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
     """tune.report; a module-level indirection so tests can run a trial body without Ray."""
     tune.report(metrics, checkpoint=checkpoint)
@@ -182,6 +290,18 @@ def _ratio(value: Any, dense: Any) -> float:
         return float(value) / float(dense) if dense else math.nan
     except (TypeError, ValueError):
         return math.nan
+
+
+def _node_id() -> str:
+    """The Ray node running this trial (which machine, on a cluster)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return ""
+        return ray.get_runtime_context().get_node_id() or ""
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests)
+        return ""
 
 
 def _actor_id() -> str:
@@ -244,9 +364,13 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
     log_dir = Path(tempfile.mkdtemp(prefix="tune_prune_tasks_"))
     generator = build.make_task_generator(trial, copy.deepcopy(model), config_list, log_dir, seed)
     pruner = build.make_pruner(trial["pruner"], trial["mode"], dummy)
-    finetuner = workload.finetuner(float(trial["finetune_epochs"]), float(trial["lr"]), seed)
+    base_finetuner = workload.finetuner(float(trial["finetune_epochs"]), float(trial["lr"]), seed)
     reset_weight = bool(trial.get("reset_weight", False))
     holder: dict[str, Any] = {}
+
+    def finetuner(model: Any) -> None:
+        _fault_hook(reporter.counters.iteration + 1)
+        base_finetuner(model)
 
     def on_iteration(task_result: Any, measurements: dict[str, Any]) -> None:
         sched = holder["scheduler"]
@@ -258,6 +382,7 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
             planned=build.planned_iterations(generator, reset_weight),
             model=task_result.compact_model, masks=task_result.compact_model_masks,
         )
+        seed_iteration(seed, reporter.counters.iteration)
 
     scheduler = build.make_scheduler(
         pruner, generator, finetuner, workload.evaluator("val"), dummy,
@@ -267,18 +392,25 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
         on_iteration=on_iteration,
     )
     holder["scheduler"] = scheduler
+    restored_last: Any = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             reporter.restore(d)
             if (Path(d) / SCHEDULER_DIR).exists():
                 scheduler.load_state(str(Path(d) / SCHEDULER_DIR))
+            if reset_weight and (Path(d) / RESULT_DIR).is_dir():
+                restored_last = load_result(Path(d) / RESULT_DIR, workload)
+    # After load_state (which restores the RNGs saved at the report): both paths seed alike.
+    seed_iteration(seed, reporter.counters.iteration)
     try:
         if reporter.counters.extra.get("final_reported"):
             return
         scheduler.compress()
         if reset_weight:
-            _retrain_last_ticket(reporter, scheduler, generator, holder.get("last"), finetuner,
-                                 workload.evaluator("val"), dummy)
+            # Resumed after the last task: compress() ran nothing, so the last ticket
+            # comes from the checkpoint's result/ folder (that task's pruned model).
+            _retrain_last_ticket(reporter, scheduler, generator, holder.get("last") or restored_last,
+                                 finetuner, workload.evaluator("val"), dummy)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
 
@@ -298,7 +430,7 @@ def _retrain_last_ticket(
     from tune_prune.search import build
 
     if last is None:
-        logger.warning("resumed after the last ticket: nothing in memory to retrain; ending the trial")
+        logger.warning("no ticket to retrain (no task ran and none was checkpointed); ending the trial")
         return
     model = copy.deepcopy(last.compact_model)
     masks = last.compact_model_masks

@@ -102,6 +102,27 @@ def _check_lr(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
 
 
+def check_score(workload: Any, value: Any, what: str = "score") -> float:
+    """``value`` (what ``evaluate`` returned) as a float, or WorkloadError naming it.
+
+    Real numbers (int, float, NumPy scalars; not bool) that are finite pass; tensors,
+    strings, None, NaN and inf do not: the search ranks trials by this number.
+    """
+    import numbers
+
+    name = getattr(workload, "name", type(workload).__name__)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise WorkloadError(
+            f"{name}: evaluate() returned {value!r} (type {type(value).__name__}) for the "
+            f"{what}; it must return a finite float"
+        )
+    score = float(value)
+    if not math.isfinite(score):
+        raise WorkloadError(f"{name}: evaluate() returned score={score!r} for the {what}; "
+                            "it must be finite")
+    return score
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -491,7 +512,8 @@ def load_or_train_baseline(
     Stored as a state_dict (never a pickled module) plus a JSON with the score, seed,
     epochs and torch version. Writes are atomic (temp file + os.replace, JSON last as
     the commit marker) and serialised by a file lock, so concurrent trials that miss
-    the cache wait for one trainer instead of all training.
+    the cache wait for one trainer instead of all training. A baseline whose score is
+    not a finite real number raises WorkloadError and is not cached.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
@@ -513,7 +535,8 @@ def load_or_train_baseline(
         start = time.perf_counter()
         model = workload.train_baseline(seed)
         seconds = time.perf_counter() - start
-        score = workload.evaluate(model, "val")
+        # A non-number would break the JSON below; NaN would poison every comparison.
+        score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         _atomic_write(weights, lambda fh: torch.save(state, fh))
         info = {
