@@ -87,6 +87,12 @@ class SearchConfig(BaseModel):
         None, gt=0.0, description="stop the whole search after this many seconds"
     )
     max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    reuse_actors: bool = Field(
+        False,
+        description="run later trials in the worker process of a finished one: cuts Ray's "
+        "per-trial overhead (a fresh process imports torch and Ray) from ~11 s to ~1 s on 2 "
+        "cores, but a reused actor keeps its first trial's name in the Ray dashboard",
+    )
     cpus_per_trial: float = Field(1.0, gt=0.0, description="CPUs reserved per trial")
     gpus_per_trial: float = Field(0.0, ge=0.0, description="GPUs per trial; fractional shares a GPU")
     seed: int = Field(0, ge=0, description="seed of the baseline, the sampler and every trial")

@@ -348,6 +348,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
                     num_samples=cfg.num_samples,
                     time_budget_s=cfg.time_budget_s,
                     trial_dirname_creator=_trial_dirname,
+                    reuse_actors=cfg.reuse_actors,
                 ),
                 run_config=tune.RunConfig(
                     name=name,
