@@ -59,10 +59,9 @@ from tune_prune.workloads import get_workload, load_or_train_baseline
 MODULE = "experiments.overhead.run"
 HERE = Path(__file__).resolve().parent
 RAY_NOTE = (
-    "Not measured here: Ray Tune per-trial overhead and search wall time vs concurrency. "
-    "They belong to the search layer (tune_prune/search) and will be measured by its "
-    "engineer in that experiment's own section of experiments/README.md; no number for "
-    "them is given in this table."
+    "Not measured here: Ray Tune per-trial overhead and search wall time vs concurrency; "
+    "`python benchmarks/ray_overhead.py` measures them (see the Ray overhead section of "
+    "experiments/README.md)."
 )
 
 
