@@ -56,58 +56,45 @@ class IterativePruner(PruningScheduler):
                         "(and returned by get_best_result())", type(self).__name__)
 
 
-class LinearPruner(IterativePruner):
+class _FormulaPruner(IterativePruner):
+    """Scheduler + a formula task generator (``generator_class``); NNI 2.10's signature."""
+
+    generator_class: type[AGPTaskGenerator] | type[LinearTaskGenerator]
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: list[dict[str, Any]],
+        pruning_algorithm: str,
+        total_iteration: int,
+        log_dir: str | Path = ".",
+        keep_intermediate_result: bool = False,
+        finetuner: Finetuner | None = None,
+        speedup: bool = False,
+        dummy_input: Any = None,
+        evaluator: Evaluator | None = None,
+        pruning_params: dict[str, Any] | None = None,
+        *,
+        on_iteration: OnIteration | None = None,
+    ) -> None:
+        generator = self.generator_class(total_iteration=total_iteration, origin_model=model,
+                                         origin_config_list=config_list, log_dir=log_dir,
+                                         keep_intermediate_result=keep_intermediate_result)
+        super().__init__(_base_pruner(pruning_algorithm, pruning_params), generator, finetuner=finetuner,
+                         speedup=speedup, dummy_input=dummy_input, evaluator=evaluator,
+                         reset_weight=False, on_iteration=on_iteration)
+
+
+class LinearPruner(_FormulaPruner):
     """Sparsity grows evenly: ``[0, S/N, 2S/N, ..., S]`` over N + 1 tasks."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config_list: list[dict[str, Any]],
-        pruning_algorithm: str,
-        total_iteration: int,
-        log_dir: str | Path = ".",
-        keep_intermediate_result: bool = False,
-        finetuner: Finetuner | None = None,
-        speedup: bool = False,
-        dummy_input: Any = None,
-        evaluator: Evaluator | None = None,
-        pruning_params: dict[str, Any] | None = None,
-        *,
-        on_iteration: OnIteration | None = None,
-    ) -> None:
-        generator = LinearTaskGenerator(total_iteration=total_iteration, origin_model=model,
-                                        origin_config_list=config_list, log_dir=log_dir,
-                                        keep_intermediate_result=keep_intermediate_result)
-        super().__init__(_base_pruner(pruning_algorithm, pruning_params), generator, finetuner=finetuner,
-                         speedup=speedup, dummy_input=dummy_input, evaluator=evaluator,
-                         reset_weight=False, on_iteration=on_iteration)
+    generator_class = LinearTaskGenerator
 
 
-class AGPPruner(IterativePruner):
+class AGPPruner(_FormulaPruner):
     """Automated gradual pruning (Zhu & Gupta 2017): ``S * (1 - (1 - i/N)**3)``, i = 0..N."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config_list: list[dict[str, Any]],
-        pruning_algorithm: str,
-        total_iteration: int,
-        log_dir: str | Path = ".",
-        keep_intermediate_result: bool = False,
-        finetuner: Finetuner | None = None,
-        speedup: bool = False,
-        dummy_input: Any = None,
-        evaluator: Evaluator | None = None,
-        pruning_params: dict[str, Any] | None = None,
-        *,
-        on_iteration: OnIteration | None = None,
-    ) -> None:
-        generator = AGPTaskGenerator(total_iteration=total_iteration, origin_model=model,
-                                     origin_config_list=config_list, log_dir=log_dir,
-                                     keep_intermediate_result=keep_intermediate_result)
-        super().__init__(_base_pruner(pruning_algorithm, pruning_params), generator, finetuner=finetuner,
-                         speedup=speedup, dummy_input=dummy_input, evaluator=evaluator,
-                         reset_weight=False, on_iteration=on_iteration)
+    generator_class = AGPTaskGenerator
 
 
 class LotteryTicketPruner(IterativePruner):
