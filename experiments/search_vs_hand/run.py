@@ -53,6 +53,7 @@ import argparse
 import contextlib
 import copy
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -270,6 +271,22 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
 
 
 # ----------------------------------------------------------------------------- main
+def search_flag_values(flags: str) -> dict[str, Any]:
+    """SearchConfig values of ``--search-flags`` (parsed by the search CLI's own parser, so
+    the names, types and checks are the CLI's; only the flags given are returned)."""
+    if not flags.strip():
+        return {}
+    from tune_prune.search.cli import build_parser
+
+    values = dict(vars(build_parser().parse_args(shlex.split(flags))))
+    values.pop("log_level", None)
+    if "config" in values:
+        raise SystemExit("--search-flags: --config is not supported here; pass the fields as flags")
+    if "workload_options" in values:
+        values["workload_options"] = dict(values["workload_options"])
+    return values
+
+
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Raw per-run rows (hand and search rows have different keys: union, blanks allowed)."""
     import csv
@@ -340,6 +357,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--hand-iterations", type=int, default=10)
     parser.add_argument("--hand-epochs", type=float, default=1.0, help="fine-tune epochs per iteration")
     parser.add_argument("--no-random", action="store_true", help="skip the random-search arm")
+    parser.add_argument("--search-flags", default="", metavar="'FLAGS'",
+                        help="extra `python -m tune_prune.search` flags (one string, split with shlex) "
+                        "appended to the TPE and random searches' arguments, e.g. "
+                        "\"--max-iterations 4 --finetune-epochs 1 2 5\"; recorded in runs.jsonl and the header")
     parser.add_argument("--workers", type=int, default=2, help="processes for the hand schedules")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--storage", type=Path, default=None,
@@ -367,6 +388,8 @@ def main(argv: list[str] | None = None) -> str:
         workload_options = {"baseline_epochs": 1.0}
         args.short_epochs = args.short_epochs or 0.25
         search_values.update(num_samples=2, min_iterations=1, max_iterations=2, finetune_epochs=[0.25])
+    search_flags = search_flag_values(args.search_flags)
+    search_values.update(search_flags)
     torch.set_num_threads(1)
     if args.from_records:
         records = [json.loads(line) for path in args.from_records
@@ -454,7 +477,8 @@ def main(argv: list[str] | None = None) -> str:
                                   "name": f"{'random' if random else 'tpe'}-{token}-seed{seed}",
                                   "include_dashboard": False}
                         _, info = run_one_search(values, random=random)
-                        rec = {"target": token, "kind": kind, "seed": seed, "method": method, **info}
+                        rec = {"target": token, "kind": kind, "seed": seed, "method": method, **info,
+                               "search_flags": args.search_flags}
                         keep(rec)
                         print(f"{token} seed {seed} {method}: test {rec['test_acc']:.4f} val "
                               f"{rec['val_acc']:.4f} [{rec['schedule']}] epochs {rec['epochs_schedule']:g}"
@@ -467,7 +491,9 @@ def main(argv: list[str] | None = None) -> str:
     header += [
         f"digits config {workload.config}",
         f"seeds {args.seeds}; searches: {search_values['num_samples']} trials, "
-        f"{search_values['max_concurrent']} at a time, CLI defaults otherwise; hand schedules: "
+        f"{search_values['max_concurrent']} at a time, "
+        + (f"search flags {args.search_flags!r} ({search_flags})" if search_flags else "CLI defaults")
+        + " otherwise; hand schedules: "
         f"{args.hand_iterations} iterations x {args.hand_epochs:g} epoch at lr {lr:g}",
         *calib,
         f"wall time {elapsed:.0f} s (hand schedules {t_hand:.0f} s on {args.workers} processes, "
