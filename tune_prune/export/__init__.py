@@ -27,12 +27,10 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -229,27 +227,3 @@ def load(export_dir: str | os.PathLike[str]) -> nn.Module:
     except Exception as err:  # noqa: BLE001 - garbled or mismatched masks
         raise ExportError(f"{where}: cannot apply {MASKS_FILE}: {type(err).__name__}: {err}") from None
     return model.eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tune_prune.export EXPERIMENT_DIR OUT_DIR``: export a search's best trial."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tune_prune.export",
-        description="Export the best trial of a finished tune_prune search.",
-    )
-    parser.add_argument("experiment", help="experiment folder written by python -m tune_prune.search")
-    parser.add_argument("out_dir", help="folder to write the exported model to")
-    args = parser.parse_args(argv)
-    from tune_prune.search.export_best import export_best
-
-    try:
-        out = export_best(args.experiment, args.out_dir)
-    except TunePruneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"exported to {out}; reload with tune_prune.export.load({str(out)!r})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
