@@ -1,6 +1,6 @@
 """Files and model snapshots of the iterative pruning loop, without pickles.
 
-NNI pickled whole models (``torch.save(model)``), which breaks on torch >= 2.6
+NNI pickled whole model objects with torch.save, which breaks on torch >= 2.6
 (``weights_only`` loading) and for TorchScript models. tune_prune stores state dicts,
 masks and JSON only, and rebuilds a physically shrunk model from the original
 architecture plus the speedup history it carries (see :func:`model_history`).

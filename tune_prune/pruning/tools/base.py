@@ -18,7 +18,7 @@ best result. A new schedule is one short subclass::
 Differences from NNI, on purpose: tasks carry their model and masks in memory instead
 of file paths (``Task.load_data()`` still returns ``(model, masks, config_list)``), and
 everything written under ``log_dir/<timestamp>/`` is state dicts, masks and JSON, never
-a pickled model (NNI's ``torch.save(model)`` fails to load on torch >= 2.6).
+a pickled model (NNI's whole-model torch.save fails to load on torch >= 2.6).
 
 Layout of ``log_dir/<timestamp>/``::
 
