@@ -71,3 +71,20 @@ def test_searcher_pickles(tmp_path: Path) -> None:
     t.restore(str(tmp_path / "state.pkl"))
     t.on_trial_complete("a", _res(1, 0.5, True))
     pickle.dumps(t)
+
+
+def test_trial_replayed_after_resume_does_not_abort_the_search(tmp_path: Path) -> None:
+    """A driver killed after Optuna recorded a trial COMPLETE but before Tune's next
+    snapshot: the restored searcher sees the trial as unfinished and Tune replays its last
+    result; Optuna refuses updates of a finished trial, which must not crash the search."""
+    cfg = SearchConfig.create()
+    s = _searcher(tmp_path, cfg, "best_objective", "max")
+    s.suggest("a")
+    s.on_trial_result("a", _res(1, 0.9, False))
+    s.on_trial_complete("a", _res(2, 0.95, True))
+    s._completed_trials.discard("a")  # the state a restore from an older snapshot has
+    s.on_trial_result("a", _res(2, 0.95, True))  # raised UpdateFinishedTrialError before
+    s.on_trial_complete("a", _res(2, 0.95, True))
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.95

@@ -14,6 +14,12 @@ reported; one that reported some iterations and then raised (or diverged) would 
 COMPLETE with its last value and ranked like a finished schedule. Here every trial Tune
 reports with ``error=True`` is told FAIL (its last result kept as user attributes).
 
+Resume: a driver killed after a trial finished in Optuna but before Tune's next
+experiment snapshot restores that trial as unfinished, and Tune replays its last
+iteration. Optuna refuses updates to a finished trial (``UpdateFinishedTrialError``),
+which would abort the resumed search; such updates are skipped here: the study already
+holds the trial's final state (with fixed seeds the replay reports the same values).
+
 Storage: OptunaSearch accepts an Optuna ``storage`` and ``study_name`` (it calls
 ``create_study(..., load_if_exists=True)``), so the study lives in a JournalStorage
 file in the experiment folder, readable while the search runs:
@@ -27,6 +33,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -60,8 +67,28 @@ def journal_storage(experiment_dir: str | Path) -> JournalStorage:
 class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that marks early-stopped trials PRUNED and annotates every trial."""
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            self._already_finished(trial_id)
+
+    def _already_finished(self, trial_id: str) -> None:
+        """A trial replayed after a resume that Optuna already recorded as finished."""
+        logger.info("trial %s is already finished in the Optuna study (replayed after a resume)",
+                    trial_id)
+        self._completed_trials.add(trial_id)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        try:
+            self._on_trial_complete(trial_id, result, error)
+        except UpdateFinishedTrialError:
+            self._already_finished(trial_id)
+
+    def _on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None, error: bool
     ) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
