@@ -88,3 +88,20 @@ def test_trial_replayed_after_resume_does_not_abort_the_search(tmp_path: Path) -
     study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and trial.value == 0.95
+
+
+def test_suggestions_never_run_by_tune_are_closed_as_orphaned(tmp_path: Path) -> None:
+    from tune_prune.search.searcher import close_orphaned_trials
+
+    cfg = SearchConfig.create()
+    s = _searcher(tmp_path, cfg, "best_objective", "max")
+    s.suggest("a")
+    s.suggest("b")  # the driver dies here: Tune never snapshots trial b
+    s.on_trial_complete("a", _res(2, 0.95, True))
+    storage = journal_storage(tmp_path)
+    assert close_orphaned_trials(storage, "s", {"a", "b"}) == 0  # b still belongs to Tune
+    assert close_orphaned_trials(storage, "s", {"a"}) == 1
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert by_id["a"].state == TrialState.COMPLETE and "orphaned" not in by_id["a"].user_attrs
+    assert by_id["b"].state == TrialState.FAIL and by_id["b"].user_attrs["orphaned"] is True

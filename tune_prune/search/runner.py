@@ -216,16 +216,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
             tmp.unlink()
 
 
+def _trial_id(result: Any) -> str:
+    tid = (result.metrics or {}).get("trial_id")
+    if not tid and result.path:
+        tid = Path(result.path).name.removeprefix("trial_")
+    return str(tid)
+
+
+def _tune_trial_ids(grid: Any) -> set[str]:
+    return {_trial_id(result) for result in grid}
+
+
 def _write_errors(exp_dir: Path, grid: Any) -> None:
     """Tune's final error of each failed trial -> ``failed_trials.json`` (trial_id -> message)."""
     errors: dict[str, str] = {}
     for result in grid:
         if result.error is None:
             continue
-        tid = (result.metrics or {}).get("trial_id")
-        if not tid and result.path:
-            tid = Path(result.path).name.removeprefix("trial_")
-        errors[str(tid)] = error_message(result.error)
+        errors[_trial_id(result)] = error_message(result.error)
     _atomic_write_text(exp_dir / ERRORS_FILE, json.dumps(errors, indent=2))
 
 
@@ -279,7 +287,12 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
     from ray.tune.search import ConcurrencyLimiter
 
     from tune_prune.search.early_stopping import make_scheduler
-    from tune_prune.search.searcher import JOURNAL_FILE, PruneAwareOptunaSearch, journal_storage
+    from tune_prune.search.searcher import (
+        JOURNAL_FILE,
+        PruneAwareOptunaSearch,
+        close_orphaned_trials,
+        journal_storage,
+    )
     from tune_prune.search.space import define_space, make_sampler
     from tune_prune.search.trainable import TunePruneTrial
 
@@ -376,6 +389,8 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         unfinished = len(grid) - grid.num_terminated - grid.num_errors
         budget_hit = cfg.time_budget_s is not None and time.perf_counter() - fit_start >= cfg.time_budget_s
         interrupted = (unfinished > 0 or len(grid) < cfg.num_samples) and not budget_hit
+        if not interrupted:
+            close_orphaned_trials(journal_storage(exp_dir), name, _tune_trial_ids(grid))
     finally:
         if started:
             ray.shutdown()

@@ -20,6 +20,10 @@ iteration. Optuna refuses updates to a finished trial (``UpdateFinishedTrialErro
 which would abort the resumed search; such updates are skipped here: the study already
 holds the trial's final state (with fixed seeds the replay reports the same values).
 
+A driver killed right after a suggestion, before Tune's snapshot, leaves an Optuna
+trial that no Tune trial ever runs; :func:`close_orphaned_trials` marks such trials
+FAIL with the user attribute ``orphaned`` once the search has ended.
+
 Storage: OptunaSearch accepts an Optuna ``storage`` and ``study_name`` (it calls
 ``create_study(..., load_if_exists=True)``), so the study lives in a JournalStorage
 file in the experiment folder, readable while the search runs:
@@ -64,8 +68,38 @@ def journal_storage(experiment_dir: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
+def close_orphaned_trials(storage: JournalStorage, study_name: str, tune_trial_ids: set[str]) -> int:
+    """Mark FAIL (``orphaned``) every RUNNING Optuna trial that no Tune trial ran.
+
+    A driver killed between Optuna's ``suggest`` and Tune's next experiment snapshot
+    leaves a suggested trial in the study that the resumed search never runs (it asks
+    for a new one). Called once a search has ended (not when it was interrupted, when
+    RUNNING trials are still to be resumed). Returns how many trials were closed.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    closed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("tune_trial_id") in tune_trial_ids:
+            continue
+        storage.set_trial_user_attr(trial._trial_id, "orphaned", True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        closed += 1
+    if closed:
+        logger.info("closed %d Optuna trial(s) suggested but never run by Tune", closed)
+    return closed
+
+
 class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that marks early-stopped trials PRUNED and annotates every trial."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:  # from the start, so a never-run suggestion can be told apart
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:
