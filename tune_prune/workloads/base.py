@@ -135,6 +135,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def with_overrides(base: Any, overrides: dict[str, Any], workload: str) -> Any:
+    """``base`` (a config dataclass) with ``overrides``; ConfigError naming unknown fields."""
+    try:
+        return dataclasses.replace(base, **overrides)
+    except TypeError as exc:
+        known = sorted(f.name for f in dataclasses.fields(base))
+        raise ConfigError(
+            f"unknown {workload} workload field in {sorted(overrides)}; known fields: {known}"
+        ) from exc
+
+
 def config_hash(config: Any, extra: str = "") -> str:
     """Stable hex digest of a config dataclass, skipping fields marked ``cache_key=False``."""
     if not dataclasses.is_dataclass(config):

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tune_prune.errors import ConfigError, WorkloadError
-from tune_prune.workloads.base import Batch, ClassificationWorkload, TrainConfig, resolve_device
+from tune_prune.workloads.base import (
+    Batch,
+    ClassificationWorkload,
+    TrainConfig,
+    resolve_device,
+    with_overrides,
+)
 from tune_prune.workloads.digits import BasicBlock
 
 logger = logging.getLogger(__name__)
@@ -215,13 +221,7 @@ class Cifar10Workload(ClassificationWorkload):
         base = config or Cifar10Config()
         if "data_dir" in overrides and overrides["data_dir"] is not None:
             overrides["data_dir"] = str(overrides["data_dir"])
-        try:
-            self.config = dataclasses.replace(base, **overrides)
-        except TypeError as exc:
-            known = sorted(f.name for f in dataclasses.fields(Cifar10Config))
-            raise ConfigError(
-                f"unknown cifar10 workload field in {sorted(overrides)}; known fields: {known}"
-            ) from exc
+        self.config = with_overrides(base, overrides, self.name)
         self.device = resolve_device(self.config.device)
         self._data = self._load()
         self._mean, self._std = _MEAN.to(self.device), _STD.to(self.device)

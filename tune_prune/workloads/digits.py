@@ -7,7 +7,6 @@ residual add that ties channels together, and a strided 1x1-conv downsample.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from tune_prune.workloads.base import (
     ClassificationWorkload,
     TrainConfig,
     resolve_device,
+    with_overrides,
 )
 
 logger = logging.getLogger(__name__)
@@ -105,14 +105,7 @@ class DigitsWorkload(ClassificationWorkload):
     model_version = "1"
 
     def __init__(self, config: DigitsConfig | None = None, **overrides: Any) -> None:
-        base = config or DigitsConfig()
-        try:
-            self.config = dataclasses.replace(base, **overrides)
-        except TypeError as exc:
-            known = sorted(f.name for f in dataclasses.fields(DigitsConfig))
-            raise ConfigError(
-                f"unknown digits workload field in {sorted(overrides)}; known fields: {known}"
-            ) from exc
+        self.config = with_overrides(config or DigitsConfig(), overrides, self.name)
         self.device = resolve_device(self.config.device)
         self._data = self._load()
 
