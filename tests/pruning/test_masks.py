@@ -61,6 +61,26 @@ def test_pruned_weights_stay_zero_after_optimizer_steps_with_stale_momentum(make
     assert model[0].weight[2:].abs().sum() > 0
 
 
+def test_an_optimizer_step_reapplies_only_the_masks_of_the_tensors_it_stepped():
+    """Another model's optimizer must not touch (nor pay for) this wrapped model's masks."""
+    wrapped, plain = _model(), _model()
+    masks = _masks(wrapped)
+    wrap_model(wrapped, masks)
+    try:
+        with torch.no_grad():
+            wrapped[0].weight.fill_(1.0)  # masked entries now non-zero, out of band
+        _train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 1)
+        assert torch.all(wrapped[0].weight == 1.0)  # untouched by the plain model's step
+        opt = torch.optim.SGD([wrapped[3].weight], lr=0.0)  # steps only the Linear weight
+        opt.step()
+        assert torch.all(wrapped[0].weight == 1.0)
+        assert torch.all(wrapped[3].weight[masks["3"]["weight"] == 0] == 0)
+        torch.optim.SGD(wrapped.parameters(), lr=0.0).step()
+        assert torch.all(wrapped[0].weight[:2] == 0) and torch.all(wrapped[0].weight[2:] == 1.0)
+    finally:
+        unwrap_model(wrapped)
+
+
 def test_unwrap_keeps_object_classes_names_and_zeros():
     model = _model()
     names_before = [n for n, _ in model.named_modules()]

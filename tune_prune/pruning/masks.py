@@ -35,15 +35,28 @@ _WRAPPED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _STEP_HOOK = None
 
 
-def _reapply_all(*_args: object, **_kwargs: object) -> None:
+def _reapply_after_step(optimizer: torch.optim.Optimizer, *_args: object, **_kwargs: object) -> None:
+    """Re-zero the masked tensors this optimizer just stepped (and only those).
+
+    Other wrapped models are untouched: a plain model's step must not pay for masks
+    of an unrelated wrapped one (a global re-apply made benchmarks compare masked
+    against masked-plus-plain).
+    """
+    if not _WRAPPED:
+        return
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for module in list(_WRAPPED):
-        _apply_module_masks(module)
+        for pname, mask in getattr(module, _MASKS_ATTR, {}).items():
+            param = getattr(module, pname, None)
+            if isinstance(param, torch.Tensor) and id(param) in stepped:
+                with torch.no_grad():
+                    param.mul_(mask)
 
 
 def _ensure_step_hook() -> None:
     global _STEP_HOOK
     if _STEP_HOOK is None:
-        _STEP_HOOK = register_optimizer_step_post_hook(_reapply_all)
+        _STEP_HOOK = register_optimizer_step_post_hook(_reapply_after_step)
 
 
 @torch.no_grad()
