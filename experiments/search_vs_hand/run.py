@@ -31,18 +31,19 @@ and measurement are identical; hand schedules run it in-process without Ray):
   which a user aware of it would avoid, so the best hand schedule is not a straw man;
 * ``--short-epochs E`` adds ``one-shot + FT, global ranking, short``: the same with E
   epochs in all, to compare at the search's final-schedule budget;
-* ``search (TPE)``: ``run_search`` with the CLI defaults (8 trials, 2-5 iterations,
-  1 epoch per iteration, lr log-uniform in [1e-3, 5e-2], fair early stopping, TPE with
-  4 random start-up trials), seed = the baseline seed; its best trial by validation
-  objective is evaluated on TEST;
-* ``random search``: the same search with ``optuna.samplers.RandomSampler`` in place of
-  TPE (SearchConfig has no sampler option: the script swaps
-  ``tune_prune.search.space.make_sampler``; everything else, early stopping included, is
-  the same).
+* ``--short-lr L`` adds ``one-shot + FT, global ranking, short, lr picked``: that schedule
+  at an lr chosen after seeing the searches (not a hand schedule in the verdict);
+* ``search (TPE)``: ``run_search`` with the CLI defaults (8 trials of 1-5 iterations that
+  share a 5-epoch fine-tune budget, lr log-uniform in [5e-3, 5e-2], fair early stopping,
+  TPE with 4 random start-up trials), seed = the baseline seed; its best trial by
+  validation objective is evaluated on TEST;
+* ``random search``: the same search with ``--sampler random`` (seeded
+  ``optuna.samplers.RandomSampler``); everything else, early stopping included, is the same.
 
-Trials report validation accuracy only; the TEST accuracy is measured here on each
-method's final model (the result/ folder the trainable stores with each report: state
-dict, masks and speedup history, rebuilt like ``tune_prune.search.export_best`` does).
+Trials are ranked on validation accuracy and also report ``test_score``; the script
+re-measures TEST accuracy on each method's final model (the result/ folder the trainable
+stores with each report: state dict, masks and speedup history, rebuilt like
+``tune_prune.search.export_best`` does) and asserts both agree with the reported ones.
 Fine-tune epochs are reported twice: of the final schedule alone and in total (a search
 pays for every trial).
 """
@@ -59,7 +60,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,11 @@ HAND_BY_KIND = {"weights": (AGP, LINEAR, LTH, ONESHOT, AGP_G, ONESHOT_G),
                 "channels": (AGP, LINEAR, LTH, ONESHOT)}
 #: The best hand schedule at the search's budget (``--short-epochs``): one-shot, global, few epochs.
 SHORT = "one-shot + FT, global ranking, short"
+#: The same at an lr picked AFTER seeing the searches (``--short-lr``): what the search's
+#: lr finding is worth to a user who already knows it. Not a hand schedule for the verdict.
+SHORT_LR = "one-shot + FT, global ranking, short, lr picked"
 HAND = (*HAND_BY_KIND["weights"], SHORT)
-METHODS = (*HAND, SEARCH, RANDOM)
+METHODS = (*HAND, SHORT_LR, SEARCH, RANDOM)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -160,7 +163,7 @@ def hand_trial(method: str, kind: str, iterations: int, epochs: float, lr: float
         trial["generator"] = "linear"
     elif method == LTH:
         trial.update(generator="lottery_ticket", reset_weight=True, rewind="dense")
-    elif method == SHORT:  # ``epochs`` is the whole budget here
+    elif method in (SHORT, SHORT_LR):  # ``epochs`` is the whole budget here
         trial.update(generator="agp", total_iteration=1, mode="global")
         trial["finetune_epochs"] = epochs
     elif method in (ONESHOT, ONESHOT_G):
@@ -200,6 +203,7 @@ def run_hand(job: dict[str, Any]) -> dict[str, Any]:
         T._tune_report, tune.get_checkpoint = saved
         shutil.rmtree(workdir, ignore_errors=True)
     assert abs(val - last["score"]) < 1e-6, (val, last["score"])
+    assert abs(test - last["test_score"]) < 1e-6, (test, last["test_score"])  # reported == rebuilt
     return {**job["key"], "test_acc": test, "val_acc": val, "sparsity": last["sparsity"],
             "weight_sparsity": last["weight_sparsity"], "macs_ratio": last["macs_ratio"],
             "reached_target": bool(last["reached_target"]),
@@ -219,21 +223,6 @@ def _describe(trial: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- searches
-@contextlib.contextmanager
-def random_sampler() -> Iterator[None]:
-    """Swap the search's TPE sampler for optuna's RandomSampler (same seed)."""
-    import optuna
-
-    from tune_prune.search import space
-
-    saved = space.make_sampler
-    space.make_sampler = lambda cfg: optuna.samplers.RandomSampler(seed=cfg.seed)
-    try:
-        yield
-    finally:
-        space.make_sampler = saved
-
-
 def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, dict[str, Any]]:
     """run_search(SearchConfig(**values)) on the Ray instance already started; returns
     (outcome, summary of its best trial incl. TEST accuracy and epochs spent)."""
@@ -241,9 +230,8 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
     from tune_prune.search.runner import run_search
     from tune_prune.workloads import get_workload
 
-    cfg = SearchConfig.create(**values)
-    with random_sampler() if random else contextlib.nullcontext():
-        out = run_search(cfg)
+    cfg = SearchConfig.create(**values, **({"sampler": "random"} if random else {}))
+    out = run_search(cfg)
     best = out.best
     if best.empty:
         raise RuntimeError(f"search {out.experiment_dir} reported nothing")
@@ -251,6 +239,7 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
     workload = get_workload(cfg.workload, **cfg.workload_options)
     test, val = test_accuracy(workload, Path(top["best_checkpoint"]) / "result")
     assert abs(val - float(top["score"])) < 1e-6, (val, top["score"])
+    assert abs(test - float(top["test_score"])) < 1e-6, (test, top["test_score"])
     trial = {k: top.get(k) for k in ("generator", "pruner", "mode", "total_iteration",
                                      "finetune_epochs", "lr", "reset_weight", "rewind", "curve_exponent")}
     info = {
@@ -373,6 +362,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--short-epochs", type=float, default=None,
                         help="also run one-shot + FT (global) with this many epochs in all "
                         "(weights), to compare at the search's final-schedule budget")
+    parser.add_argument("--short-lr", type=float, default=None,
+                        help="with --short-epochs: also run that schedule at this lr (picked after "
+                        "seeing the searches; shown, but not a hand schedule in the verdict)")
     parser.add_argument("--from-records", type=Path, nargs="+", default=None,
                         help="only re-summarise runs.jsonl file(s) written by earlier runs")
     parser.add_argument("--note", action="append", default=[],
@@ -443,12 +435,15 @@ def main(argv: list[str] | None = None) -> str:
             methods = list(HAND_BY_KIND[kind])
             if args.short_epochs and kind == "weights":
                 methods.append(SHORT)
+                if args.short_lr:
+                    methods.append(SHORT_LR)
             for method in methods:
                 if args.hand_methods and method not in args.hand_methods:
                     continue
-                epochs = args.short_epochs if method == SHORT else args.hand_epochs
+                epochs = args.short_epochs if method in (SHORT, SHORT_LR) else args.hand_epochs
+                method_lr = args.short_lr if method == SHORT_LR else lr
                 jobs.append({"fixed": fixed,
-                             "trial": hand_trial(method, kind, args.hand_iterations, epochs, lr),
+                             "trial": hand_trial(method, kind, args.hand_iterations, epochs, method_lr),
                              "key": {"target": token, "kind": kind, "seed": seed, "method": method}})
     t_hand = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:

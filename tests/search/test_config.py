@@ -43,6 +43,9 @@ def test_defaults_are_valid() -> None:
         ("early_stopping_rungs", [0.5, 1.5]),
         ("early_stopping_reduction_factor", 1.0),
         ("finetune_epochs", [-1.0]),
+        ("finetune_budget", 0),
+        ("finetune_budget", -2.0),
+        ("sampler", "cmaes"),
         ("lr_min", 0.0),
         ("dashboard_port", 70000),
         ("name", "bad/name"),
@@ -66,6 +69,8 @@ def test_bad_value_names_field_and_value(field: str, value: object) -> None:
         ({"pruners": ["l1"]}, ["pruners", "'l1'", "weights"]),
         ({"speedup": True}, ["speedup"]),
         ({"address": "auto", "num_cpus": 2}, ["num_cpus", "address"]),
+        ({"finetune_budget": 4.0, "finetune_epochs": [1.0]}, ["finetune_budget=4.0", "finetune_epochs", "not both"]),
+        ({"finetune_budget": None}, ["finetune_budget=None", "finetune_epochs"]),
     ],
 )
 def test_cross_field_errors(values: dict, words: list[str]) -> None:
@@ -145,3 +150,28 @@ def test_cli_lists_and_bools() -> None:
     assert cfg.speedup is True
     assert cfg.finetune_epochs == [0.5, 1.0]
     assert cfg.include_dashboard is False
+
+
+def test_budget_and_per_iteration_epochs_are_exclusive_across_layers(tmp_path: Path) -> None:
+    """Giving one of the pair turns the other off in the layer below, never silently both."""
+    assert SearchConfig.create().finetune_budget == 5.0
+    assert SearchConfig.create(finetune_epochs=[2]).finetune_budget is None
+    cfg = SearchConfig.create().updated(finetune_epochs=[1, 2])
+    assert (cfg.finetune_budget, cfg.finetune_epochs) == (None, [1.0, 2.0])
+    assert cfg.updated(finetune_budget=3).finetune_epochs is None
+    p = tmp_path / "c.toml"
+    p.write_text("finetune_epochs = [1.0, 2.0]\n")
+    assert SearchConfig.from_toml(p).finetune_budget is None
+    flag, _ = parse_config(["--config", str(p), "--finetune-budget", "4"])
+    assert (flag.finetune_budget, flag.finetune_epochs) == (4.0, None)
+    off, _ = parse_config(["--finetune-budget", "none", "--finetune-epochs", "1", "3"])
+    assert (off.finetune_budget, off.finetune_epochs) == (None, [1.0, 3.0])
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config(["--finetune-budget", "2", "--finetune-epochs", "1"])
+
+
+def test_optional_number_flags_accept_none() -> None:
+    cfg, _ = parse_config(["--time-budget-s", "NONE", "--sampler", "random"])
+    assert cfg.time_budget_s is None and cfg.sampler == "random"
+    with pytest.raises(SystemExit):
+        parse_config(["--finetune-budget", "lots"])

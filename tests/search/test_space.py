@@ -13,6 +13,7 @@ from tune_prune.search.space import (
     REWIND_PARAMS,
     SA_PARAMS,
     define_space,
+    finetune_calls,
     make_sampler,
     sa_iterations,
     sa_stop_temperature,
@@ -55,8 +56,25 @@ def test_conditional_parameters_weights() -> None:
         assert config["pruner"] == "level" and config["mode"] in ("normal", "global")
         assert cfg.min_iterations <= config["total_iteration"] <= cfg.max_iterations
         assert cfg.lr_min <= config["lr"] <= cfg.lr_max
-        assert config["finetune_epochs"] in cfg.finetune_epochs
+        # equal cost: the default budget is split evenly over the schedule's iterations
+        assert math.isclose(config["finetune_epochs"] * finetune_calls(config), cfg.finetune_budget)
     assert seen == set(cfg.generators)
+
+
+def test_per_iteration_epochs_are_searched_without_budget() -> None:
+    cfg = SearchConfig.create(finetune_epochs=[1, 2, 5])
+    assert cfg.finetune_budget is None
+    seen = {config["finetune_epochs"] for params, config in _sample(cfg, 40)}
+    assert seen == {1.0, 2.0, 5.0}
+
+
+def test_budget_split_covers_one_shot() -> None:
+    cfg = SearchConfig.create(finetune_budget=6, min_iterations=1, max_iterations=3)
+    split = {(c["generator"], c["total_iteration"], c["reset_weight"]): c["finetune_epochs"]
+             for _, c in _sample(cfg, 120)}
+    assert split[("agp", 1, False)] == 6.0 and split[("agp", 3, False)] == 2.0
+    # rewinding trials retrain the last ticket once more: n + 1 fine-tunes share the budget
+    assert split[("lottery_ticket", 2, True)] == 2.0 and split[("agp", 1, True)] == 3.0
 
 
 def test_pruner_modes_are_per_pruner_names() -> None:
@@ -98,6 +116,29 @@ def test_samplers() -> None:
     assert isinstance(tpe, optuna.samplers.TPESampler)
     nsga = make_sampler(SearchConfig.create(multi_objective="macs"))
     assert isinstance(nsga, optuna.samplers.NSGAIISampler)
+    assert isinstance(make_sampler(SearchConfig.create(sampler="random")), optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler(SearchConfig.create(sampler="random", multi_objective="macs")),
+                      optuna.samplers.RandomSampler)
+    assert isinstance(make_sampler(SearchConfig.create(sampler="tpe", multi_objective="params")),
+                      optuna.samplers.TPESampler)
+    assert isinstance(make_sampler(SearchConfig.create(sampler="nsga2")), optuna.samplers.NSGAIISampler)
+
+
+def test_random_sampler_is_seeded_and_differs_from_tpe_after_startup() -> None:
+    def run(cfg: SearchConfig) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+        out = []
+        for _ in range(8):
+            t = study.ask()
+            out.append(define_space(t, cfg))
+            study.tell(t, out[-1]["lr"])  # a learnable objective
+        return out
+
+    rnd = SearchConfig.create(seed=5, sampler="random")
+    assert run(rnd) == run(rnd)
+    assert run(rnd) != run(SearchConfig.create(seed=6, sampler="random"))
+    tpe = run(SearchConfig.create(seed=5))
+    assert tpe[4:] != run(rnd)[4:]  # TPE models the last 4 of 8 trials
 
 
 def test_seeded_tpe_is_reproducible() -> None:

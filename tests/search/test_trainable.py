@@ -86,6 +86,40 @@ def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache, monkeypa
     assert resumed.rows[-1]["score"] == pytest.approx(full.rows[-1]["score"], abs=0.02)
 
 
+@pytest.mark.parametrize("generator", ["agp", "lottery_ticket"])
+def test_test_score_is_the_reported_model_on_the_test_split(tmp_path, baseline_cache, monkeypatch,
+                                                            generator) -> None:
+    """test_score belongs to the very model stored with the row, scored on 'test' (not 'val')."""
+    from tune_prune.pruning.masks import unwrap_model, wrap_model
+    from tune_prune.workloads import get_workload
+
+    rec = _Recorder(tmp_path)
+    monkeypatch.setattr(T, "_tune_report", rec)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    T.run_trial(_config(baseline_cache, generator, 2))
+    workload = get_workload("digits", **WORKLOAD_OPTIONS)
+    for row, ck in zip(rec.rows, rec.ckpts):
+        result = T.load_result(ck / T.RESULT_DIR, workload)
+        model = result.compact_model
+        wrap_model(model, result.compact_model_masks)
+        try:
+            assert row["test_score"] == workload.evaluate(model, "test")
+            assert row["score"] == workload.evaluate(model, "val")
+        finally:
+            unwrap_model(model)
+    assert any(r["test_score"] != r["score"] for r in rec.rows)
+
+
+def test_test_split_none_reports_nan(tmp_path, baseline_cache, monkeypatch) -> None:
+    rec = _Recorder(tmp_path)
+    monkeypatch.setattr(T, "_tune_report", rec)
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    config = _config(baseline_cache, "agp", 1)
+    config["fixed"]["test_split"] = None
+    T.run_trial(config)
+    assert len(rec.rows) == 1 and math.isnan(rec.rows[0]["test_score"])
+
+
 def test_lottery_ticket_final_row_is_retrained_at_target(tmp_path, baseline_cache, monkeypatch) -> None:
     rec = _Recorder(tmp_path)
     monkeypatch.setattr(T, "_tune_report", rec)

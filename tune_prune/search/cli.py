@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tune_prune.errors import ConfigError, TunePruneError
-from tune_prune.search.config import SearchConfig, load_toml
+from tune_prune.search.config import SearchConfig, load_toml, merge_values
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,20 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
             return typing.get_args(inner)[0], True
         return inner, False
     return annotation, False
+
+
+def _optional(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _or_none(convert: Any) -> Any:
+    """argparse type: 'none' (any case) -> None, else ``convert(text)``."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "none" else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error message
+    return parse
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -60,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Search over iterative pruning schedules with Ray Tune + Optuna. Each trial runs "
             "one task generator + pruner configuration from the cached dense baseline and "
             "reports every pruning iteration. With no arguments: a short search on digits "
-            "(8 trials, up to 5 iterations, 1 fine-tune epoch each) on a local Ray instance."
+            "(8 trials of 1-5 iterations sharing 5 fine-tune epochs) on a local Ray instance."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -86,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument("--export", dest=name, metavar="DIR", help=help_text)
             continue
         kwargs["type"] = elem if elem in (int, float, str) else str
+        if not is_list and _optional(field.annotation):
+            kwargs["type"] = _or_none(kwargs["type"])
+            kwargs["metavar"] = f"{name.upper()}|none"
         if is_list:
             kwargs["nargs"] = "+"
             kwargs["metavar"] = name.upper().rstrip("S") if name.endswith("s") else name.upper()
@@ -103,17 +120,17 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[SearchConfig, argpa
     base = load_toml(config_file) if config_file else {}
     if "workload_options" in values:  # flags add to (and override) the file's options
         values["workload_options"] = {**base.get("workload_options", {}), **dict(values["workload_options"])}
-    return SearchConfig.create(**{**base, **values}), args
+    return SearchConfig.create(**merge_values(base, values)), args
 
 
 def _fmt_table(best: Any, limit: int = 10) -> str:
     if best is None or best.empty:
         return "  (no trial reported a result)"
     cols = ["trial_id", "status", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
-            "sparsity", "score", "objective", "macs_ratio", "finetune_epochs_total"]
+            "sparsity", "score", "test_score", "objective", "macs_ratio", "finetune_epochs_total"]
     cols = [c for c in cols if c in best.columns]
     view = best[cols].head(limit).copy()
-    for c in ("sparsity", "score", "objective", "macs_ratio"):
+    for c in ("sparsity", "score", "test_score", "objective", "macs_ratio"):
         if c in view:
             view[c] = view[c].map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
     if "lr" in view:

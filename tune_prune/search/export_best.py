@@ -28,7 +28,7 @@ SPEC_CONFIG_KEYS = (
 )
 SPEC_METRIC_KEYS = (
     "score", "sparsity", "target_sparsity", "reached_target", "objective", "params", "macs",
-    "params_ratio", "macs_ratio", "finetune_epochs_cum", "iteration", "trial_id", "task_id",
+    "params_ratio", "macs_ratio", "finetune_epochs_cum", "iteration", "trial_id", "task_id", "test_score",
 )
 
 

@@ -70,6 +70,7 @@ BEST_COLUMNS = (
     "best_iteration",
     "iterations_run",
     "score",
+    "test_score",
     "sparsity",
     "reached_target",
     "objective",

@@ -132,6 +132,7 @@ def _fixed(cfg: SearchConfig, higher_is_better: bool) -> dict[str, Any]:
         "gpus_per_trial": cfg.gpus_per_trial,
         "dry_run": cfg.dry_run,
         "higher_is_better": higher_is_better,
+        "test_split": cfg.test_split,
     }
 
 
@@ -167,15 +168,34 @@ def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
     try:
         model = load_or_train_baseline(workload, cfg.seed, cache)
         score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
+        test = _check_test_split(cfg, workload, model)
     finally:
         torch.set_num_threads(threads)
     meta = read_baseline_metadata(workload, cfg.seed, cache) or {}
     say(
-        f"dense baseline {workload.name} (seed {cfg.seed}): val score {score:.4f} "
+        f"dense baseline {workload.name} (seed {cfg.seed}): val score {score:.4f}"
+        + (f", {cfg.test_split} score {test:.4f} (reported, never used to choose)" if test is not None else "")
+        + " "
         f"[{time.perf_counter() - start:.1f} s, cache {cache}, trained in "
         f"{meta.get('train_seconds', '?')} s]"
     )
     return bool(workload.higher_is_better)
+
+
+def _check_test_split(cfg: SearchConfig, workload: Any, model: Any) -> float | None:
+    """The baseline's score on ``cfg.test_split``; ConfigError when the workload has no such split."""
+    from tune_prune.workloads.base import check_score
+
+    if cfg.test_split is None:
+        return None
+    try:
+        value = workload.evaluate(model, cfg.test_split)
+    except (ValueError, KeyError, LookupError, TunePruneError) as exc:
+        raise ConfigError(
+            f"test_split={cfg.test_split!r}: workload {cfg.workload!r} cannot evaluate it ({exc}); "
+            "name another split or pass --test-split none"
+        ) from exc
+    return check_score(workload, value, f"dense baseline on {cfg.test_split!r}")
 
 
 def _check_prunable(cfg: SearchConfig, model: Any) -> None:

@@ -82,13 +82,21 @@ def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
     if reset:
         out["rewind"] = trial.suggest_categorical("rewind", list(REWIND_POINTS))
 
-    out["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", list(cfg.finetune_epochs))
+    if cfg.finetune_budget is not None:  # equal cost: the schedule splits one budget
+        out["finetune_epochs"] = cfg.finetune_budget / finetune_calls(out)
+    else:
+        out["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", list(cfg.finetune_epochs))
     out["lr"] = (
         cfg.lr_min
         if cfg.lr_min == cfg.lr_max
         else trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
     )
     return out
+
+
+def finetune_calls(config: dict[str, Any]) -> int:
+    """Fine-tunes a trial runs: one per iteration, plus the retrained last ticket when rewinding."""
+    return int(config["total_iteration"]) + int(bool(config["reset_weight"]))
 
 
 def sa_stop_temperature(start: float, rate: float, iterations: int) -> float:
@@ -107,18 +115,24 @@ def sa_iterations(start: float, stop: float, rate: float) -> int:
 
 
 def make_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (multivariate, grouped for the conditional space); NSGA-II when multi-objective.
+    """The seeded sampler ``cfg.sampler`` names; 'auto' = TPE, or NSGA-II when multi-objective.
 
-    The first half of the trials (at most 10) are random start-up trials; with the
-    default 8 trials TPE models the last 4. NSGA-II's population is sized to the
-    budget so the search gets past its random first generation; its constraint
-    (target sparsity reached) makes unreached trials infeasible rather than Pareto-optimal.
+    TPE is multivariate and grouped (for the conditional space); the first half of the
+    trials (at most 10) are random start-up trials, so with the default 8 trials TPE
+    models the last 4. NSGA-II's population is sized to the budget so the search gets
+    past its random first generation; its constraint (target sparsity reached) makes
+    unreached trials infeasible rather than Pareto-optimal. 'random' is the baseline.
     """
     import warnings
 
+    kind = cfg.sampler
+    if kind == "auto":
+        kind = "nsga2" if cfg.metric_mode_multi else "tpe"
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if cfg.metric_mode_multi:
+        if kind == "nsga2":
             # The constraint (target reached) is set per trial by the searcher with
             # Trial.set_constraint (Optuna >= 5; constraints_func is deprecated there).
             return optuna.samplers.NSGAIISampler(

@@ -108,6 +108,7 @@ class Reporter:
             "planned_iterations": planned if planned is not None else -1,
             "task_id": str(meas.get("task_id", c.iteration)),
             M.SCORE: score,
+            "test_score": _real_or_nan(meas.get("test_score")),
             "baseline_score": self.dense["score"],
             "score_drop": self.dense["score"] - score,
             "sparsity": sparsity,
@@ -285,6 +286,16 @@ def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _real_or_nan(value: Any) -> float:
+    """A reported-only metric: NaN (with a warning) rather than a failed trial when it is bad."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        logger.warning("test score %r is not a real number; reporting NaN", value)
+        return math.nan
+    return float(value)
+
+
 def _ratio(value: Any, dense: Any) -> float:
     try:
         return float(value) / float(dense) if dense else math.nan
@@ -367,6 +378,7 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
     base_finetuner = workload.finetuner(float(trial["finetune_epochs"]), float(trial["lr"]), seed)
     reset_weight = bool(trial.get("reset_weight", False))
     holder: dict[str, Any] = {}
+    evaluator = _ScoreWithTest(workload.evaluator("val"), fixed.get("test_split"), workload)
 
     def finetuner(model: Any) -> None:
         _fault_hook(reporter.counters.iteration + 1)
@@ -378,14 +390,14 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
         # Ticket trials end with one more (retraining) row, reported after compress().
         done = (not reset_weight) and build.schedule_finished(generator, measurements)
         reporter.report(
-            dict(measurements), sched.save_state, schedule_done=done,
+            {**measurements, "test_score": evaluator.take_test()}, sched.save_state, schedule_done=done,
             planned=build.planned_iterations(generator, reset_weight),
             model=task_result.compact_model, masks=task_result.compact_model_masks,
         )
         seed_iteration(seed, reporter.counters.iteration)
 
     scheduler = build.make_scheduler(
-        pruner, generator, finetuner, workload.evaluator("val"), dummy,
+        pruner, generator, finetuner, evaluator, dummy,
         speedup=bool(fixed.get("speedup", False)),
         reset_weight=reset_weight,
         rewind_steps=build.rewind_steps(trial, workload),
@@ -410,9 +422,31 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
             # Resumed after the last task: compress() ran nothing, so the last ticket
             # comes from the checkpoint's result/ folder (that task's pruned model).
             _retrain_last_ticket(reporter, scheduler, generator, holder.get("last") or restored_last,
-                                 finetuner, workload.evaluator("val"), dummy)
+                                 finetuner, evaluator, dummy)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+class _ScoreWithTest:
+    """The scheduler's evaluator (val) that also scores the same model on the test split.
+
+    The scheduler sees only the val score, so nothing is chosen on test; the test score
+    waits here until the iteration is reported (``take_test``).
+    """
+
+    def __init__(self, val: Callable[[Any], float], test_split: str | None, workload: Any) -> None:
+        self.val, self.test_split, self.workload = val, test_split, workload
+        self._test: float | None = None
+
+    def __call__(self, model: Any) -> float:
+        score = self.val(model)  # returned unchecked: the reporter validates it (checked_score)
+        if self.test_split is not None:
+            self._test = self.workload.evaluate(model, self.test_split)
+        return score
+
+    def take_test(self) -> Any:
+        value, self._test = self._test, None
+        return value
 
 
 def _retrain_last_ticket(
@@ -445,7 +479,8 @@ def _retrain_last_ticket(
         if masks:
             unwrap_model(model)
     meas = build.measure_result(generator, model, masks, dummy)
-    meas.update(task_id=f"{last.task_id}-retrained", score=score, finetune_seconds=finetune_s)
+    meas.update(task_id=f"{last.task_id}-retrained", score=score, finetune_seconds=finetune_s,
+                test_score=evaluator.take_test())
     reporter.counters.extra["final_reported"] = True
     reporter.report(meas, scheduler.save_state, schedule_done=True,
                     planned=reporter.counters.iteration + 1, model=model, masks=masks)
