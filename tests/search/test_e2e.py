@@ -22,6 +22,7 @@ from tune_prune.search.searcher import JOURNAL_FILE, journal_storage
 pytestmark = pytest.mark.slow
 
 NAME = "e2e"
+FLAGS = ["--deterministic"]  # without it the two runs differ (checked by hand)
 TRIALS = 3
 ITERATIONS = 2
 
@@ -169,3 +170,24 @@ def test_dry_run_search_stopped_trials_are_pruned_in_optuna(ray_local, tmp_path)
     for tid, status in zip(best["trial_id"], best["status"]):
         assert state[tid] == expected[status], (tid, status, state[tid])
     assert (best["status"] == "stopped").any() and (best["status"] == "complete").any()
+
+
+def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_path) -> None:
+    """--deterministic: the same seed gives the same trials, stops and scores, run after run."""
+
+    def run(name: str) -> tuple[list, list]:
+        code = main(["--dry-run", *FLAGS, "--num-samples", "8", "--max-concurrent", "2",
+                     "--seed", "5", "--early-stopping", "fair", "--early-stopping-rungs", "0.3", "0.6",
+                     "--storage-path", str(tmp_path), "--name", name])
+        assert code == 0
+        best = pd.read_csv(tmp_path / name / "best_per_trial.csv")
+        cols = ["generator", "pruner", "mode", "total_iteration", "lr", "status", "iterations_run",
+                "score", "sparsity"]
+        rows = sorted(best[cols].itertuples(index=False, name=None), key=repr)
+        study = optuna.load_study(study_name=name, storage=journal_storage(tmp_path / name))
+        trials = [(t.number, t.params, t.state.name) for t in sorted(study.trials, key=lambda t: t.number)]
+        return rows, trials
+
+    first, second = run("det1"), run("det2")
+    assert len(first[0]) == 8
+    assert first == second

@@ -101,3 +101,39 @@ def test_make_scheduler_kinds() -> None:
     assert isinstance(make_scheduler("fair"), FairSuccessiveHalving)
     assert isinstance(make_scheduler("asha"), ASHAScheduler)
     assert type(make_scheduler("none")).__name__ == "FIFOScheduler"
+
+
+def _batch_run(order: list[str], compare_with: str) -> dict[str, str]:
+    """Batch 1 (a, b, c) finishes; then d, e and f run in parallel and report in ``order``."""
+    fair = FairSuccessiveHalving("score", "max", rungs=(0.5,), reduction_factor=2, min_samples=2,
+                                 compare_with=compare_with)
+    first = {"a": 0.90, "b": 0.80, "c": 0.70}
+    for tid in first:
+        fair.on_trial_add(None, _Trial(tid))
+    for tid, score in first.items():
+        fair.on_trial_result(None, _Trial(tid), _result(1, 0.4, score, 2))
+        fair.on_trial_complete(None, _Trial(tid), {})
+    for tid in ("d", "e", "f"):
+        fair.on_trial_add(None, _Trial(tid))
+    second = {"d": 0.86, "e": 0.95, "f": 0.96}
+    return {tid: fair.on_trial_result(None, _Trial(tid), _result(1, 0.4, second[tid], 2)) for tid in order}
+
+
+def test_deterministic_fair_ignores_the_order_of_parallel_reports() -> None:
+    # Judged only against the finished batch (cutoff = median of 0.9/0.8/0.7 = 0.8): d (0.86)
+    # survives whether or not e and f (0.95, 0.96) reported first.
+    assert _batch_run(["d", "e", "f"], "finished") == _batch_run(["e", "f", "d"], "finished")
+    assert _batch_run(["e", "f", "d"], "finished")["d"] == TrialScheduler.CONTINUE
+    # Asynchronous halving: e and f reporting first raise the cutoff to 0.88 and stop d.
+    assert _batch_run(["d", "e", "f"], "all")["d"] == TrialScheduler.CONTINUE
+    assert _batch_run(["e", "f", "d"], "all")["d"] == TrialScheduler.STOP
+
+
+def test_deterministic_fair_never_stops_the_first_batch() -> None:
+    fair = FairSuccessiveHalving("score", "max", rungs=(0.5,), reduction_factor=2, min_samples=1,
+                                 compare_with="finished")
+    for tid in ("a", "b", "c"):
+        fair.on_trial_add(None, _Trial(tid))
+    decisions = [fair.on_trial_result(None, _Trial(t), _result(1, 0.4, s, 2))
+                 for t, s in (("a", 0.9), ("b", 0.1), ("c", 0.2))]
+    assert decisions == [TrialScheduler.CONTINUE] * 3

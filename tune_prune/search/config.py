@@ -126,6 +126,13 @@ class SearchConfig(BaseModel):
         "none", description="'none': maximise score at target; 'macs'/'params': Pareto front of "
         "score vs that cost (NSGA-II)",
     )
+    deterministic: bool = Field(
+        False,
+        description="same seed, same search at any concurrency: trials run in synchronous batches "
+        "of max_concurrent (a batch starts when the previous one has ended) and 'fair' early "
+        "stopping judges a trial only against trials finished before it started. Costs idle "
+        "slots while a batch's slowest trial runs; not with 'asha' or time_budget_s",
+    )
     early_stopping: Literal["fair", "none", "asha"] = Field(
         "fair",
         description="'fair': successive halving at equal sparsity progress; 'asha': plain ASHA "
@@ -248,6 +255,16 @@ class SearchConfig(BaseModel):
                     f"pruners={wrong!r} do not fit sparsity_kind={self.sparsity_kind!r} "
                     f"(allowed: {list(allowed)})"
                 )
+        if self.deterministic and self.early_stopping == "asha":
+            raise ValueError(
+                "deterministic=True needs early_stopping 'fair' or 'none' (plain ASHA stops on "
+                "whichever trials reported first)"
+            )
+        if self.deterministic and self.time_budget_s is not None:
+            raise ValueError(
+                f"deterministic=True cannot be combined with time_budget_s={self.time_budget_s!r} "
+                "(a wall-clock budget ends the search at a timing-dependent trial)"
+            )
         if self.speedup and self.sparsity_kind != "channels":
             raise ValueError("speedup=True needs sparsity_kind='channels'")
         if self.address is not None and self.num_cpus is not None:

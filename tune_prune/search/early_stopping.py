@@ -32,6 +32,12 @@ Stopped trials end with ``schedule_done`` false in their last result;
 :class:`tune_prune.search.searcher.PruneAwareOptunaSearch` records them in Optuna as
 PRUNED, never as COMPLETE with a truncated score. Rung records are kept in memory
 only: after ``--resume`` the rungs start empty (no trial is stopped on stale state).
+
+``compare_with='finished'`` (the search's ``--deterministic``) judges a trial only against
+the rung records of trials that had *finished before it started*. Asynchronous halving
+compares with whoever happened to report first, so with parallel trials its decisions
+depend on timing; with this rule and synchronous batches of trials (each batch starts
+after the previous one ended) every decision is a function of the seed alone.
 """
 
 from __future__ import annotations
@@ -62,10 +68,13 @@ class FairSuccessiveHalving(FIFOScheduler):
         progress_attr: str = M.PROGRESS,
         baseline_attr: str = "baseline_score",
         interpolate: bool = True,
+        compare_with: str = "all",
     ) -> None:
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if compare_with not in ("all", "finished"):
+            raise ValueError(f"compare_with must be 'all' or 'finished', got {compare_with!r}")
         if reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be > 1, got {reduction_factor!r}")
         self._metric = metric
@@ -79,6 +88,20 @@ class FairSuccessiveHalving(FIFOScheduler):
         self._last: dict[str, tuple[float, float]] = {}
         self.recorded: dict[float, dict[str, float]] = {r: {} for r in self._rungs}
         self.stopped: dict[str, float] = {}
+        self._compare_with = compare_with
+        self._finished: set[str] = set()
+        #: compare_with='finished': the trials that had finished when each trial started
+        self._peers: dict[str, frozenset[str]] = {}
+
+    def start(self, trial_id: str) -> None:
+        """A trial starts: fix the peers it will be judged against ('finished' mode)."""
+        self._last.pop(trial_id, None)
+        self._peers[trial_id] = frozenset(self._finished)
+
+    def finish(self, trial_id: str) -> None:
+        """A trial ended (complete, stopped, errored or removed)."""
+        self._last.pop(trial_id, None)
+        self._finished.add(trial_id)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         # Metric and mode are fixed at construction: the search metric (floored
@@ -86,7 +109,7 @@ class FairSuccessiveHalving(FIFOScheduler):
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._last.pop(trial.trial_id, None)
+        self.start(trial.trial_id)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         return self.observe(trial.trial_id, result)
@@ -118,7 +141,7 @@ class FairSuccessiveHalving(FIFOScheduler):
             rung = passed[-1]
             value = self._estimate(start, (prog, score), rung)
             self.recorded[rung][trial_id] = value
-            cutoff = self._cutoff(rung)
+            cutoff = self._cutoff(rung, trial_id)
             if cutoff is not None and self._worse(value, cutoff):
                 logger.info(
                     "fair early stopping: trial %s at progress %.2f scores %.4f (est.), "
@@ -139,8 +162,13 @@ class FairSuccessiveHalving(FIFOScheduler):
         w = (at - p0) / (p1 - p0)
         return s0 + min(max(w, 0.0), 1.0) * (s1 - s0)
 
-    def _cutoff(self, rung: float) -> float | None:
-        values = list(self.recorded[rung].values())
+    def _cutoff(self, rung: float, trial_id: str) -> float | None:
+        records = self.recorded[rung]
+        if self._compare_with == "finished":
+            peers = self._peers.get(trial_id, frozenset())
+            values = [v for t, v in records.items() if t in peers]
+        else:
+            values = list(records.values())
         if len(values) < self._min_samples:
             return None
         q = (1.0 - 1.0 / self._rf) * 100.0
@@ -150,10 +178,13 @@ class FairSuccessiveHalving(FIFOScheduler):
         return value < cutoff if self._mode == "max" else value > cutoff
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        self._last.pop(trial.trial_id, None)
+        self.finish(trial.trial_id)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.finish(trial.trial_id)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._last.pop(trial.trial_id, None)
+        self.finish(trial.trial_id)
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{r:g}: {len(v)}" for r, v in self.recorded.items())
@@ -166,14 +197,17 @@ def make_scheduler(
     rungs: Sequence[float] = (0.25, 0.5, 0.75),
     reduction_factor: float = 2.0,
     max_iterations: int = 10,
+    deterministic: bool = False,
 ) -> TrialScheduler:
     """The trial scheduler for ``SearchConfig.early_stopping``.
 
     'asha' is plain ASHA on ``training_iteration`` and is offered only to compare
     against; it is biased toward slow schedules (see the module docstring).
+    ``deterministic`` makes 'fair' judge trials only against earlier finished ones.
     """
     if kind == "fair":
-        return FairSuccessiveHalving(M.SCORE, mode, rungs, reduction_factor)
+        return FairSuccessiveHalving(M.SCORE, mode, rungs, reduction_factor,
+                                     compare_with="finished" if deterministic else "all")
     if kind == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",

@@ -371,12 +371,17 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
             scheduler = make_scheduler(
                 cfg.early_stopping, mode, cfg.early_stopping_rungs,
                 cfg.early_stopping_reduction_factor, 2 * cfg.max_iterations + 2,
+                deterministic=cfg.deterministic,
             )
             tuner = tune.Tuner(
                 trainable,
                 param_space={"fixed": _fixed(cfg, higher)},
                 tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent),
+                    # deterministic: synchronous batches, so each suggestion sees the
+                    # same finished trials whatever order they finished in
+                    search_alg=ConcurrencyLimiter(
+                        searcher, max_concurrent=cfg.max_concurrent, batch=cfg.deterministic
+                    ),
                     scheduler=scheduler,
                     num_samples=cfg.num_samples,
                     time_budget_s=cfg.time_budget_s,
