@@ -72,11 +72,8 @@ def export_best(
     onnx: bool = True,
 ) -> Path:
     """Write the best trial's best pruned model (or ``trial_id``'s) to ``out_dir``; return it."""
-    import torch
-
     from tune_prune.export import export_model
-    from tune_prune.pruning.masks import load_masks_file
-    from tune_prune.pruning.tools._io import rebuild_model
+    from tune_prune.pruning.result_folder import read_pruned
     from tune_prune.workloads import get_workload
 
     experiment = Path(experiment_dir)
@@ -86,15 +83,13 @@ def export_best(
     row = _pick(experiment, trial_id)
     result = Path(row["best_checkpoint"]) / "result"
     try:
-        state = torch.load(result / "model_state_dict.pth", map_location="cpu", weights_only=True)
-        masks = load_masks_file(result / "masks.pth")
-        history = json.loads((result / "speedup_history.json").read_text())
-        meta = json.loads((result / "result.json").read_text())
+        files = read_pruned(result)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ExportError(f"cannot read the pruned model in {str(result)!r}: {exc}") from exc
+    masks, history, meta = files.masks, files.history, files.meta
     options = dict(config.get("workload_options") or {})
     workload = get_workload(config["workload"], **options)
-    model = rebuild_model(workload.build_model(), history, state)
+    model = files.model(workload.build_model())
     spec_config = {k: meta[k] for k in SPEC_CONFIG_KEYS if k in meta}
     metrics = {k: meta.get(k, row.get(k)) for k in SPEC_METRIC_KEYS}
     metrics.update(experiment=str(experiment), checkpoint=str(result.parent))

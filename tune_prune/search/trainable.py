@@ -234,24 +234,10 @@ def _trial_id() -> str:
 
 
 def save_result(directory: Path, model: Any, masks: Any, meta: dict[str, Any]) -> None:
-    """One iteration's pruned model: state dict, masks, speedup history and metrics (JSON).
+    """One iteration's pruned model as a result folder (what tune_prune.export reads)."""
+    from tune_prune.pruning.result_folder import save_pruned
 
-    Layout (what tune_prune.export reads): ``model_state_dict.pth``, ``masks.pth``,
-    ``speedup_history.json`` (empty list: the original architecture) and ``result.json``.
-    """
-    import torch
-
-    from tune_prune.pruning.masks import save_masks
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, directory / "model_state_dict.pth")
-    save_masks(masks, directory / "masks.pth")
-    from tune_prune.pruning.tools._io import model_history, to_jsonable
-
-    # The compact architecture's recipe, as the pruning package's own log_dir stores it.
-    (directory / "speedup_history.json").write_text(json.dumps(to_jsonable(model_history(model))))
-    (directory / "result.json").write_text(json.dumps(meta, indent=2, default=str))
+    save_pruned(directory, model, masks, meta)
 
 
 def load_result(directory: Path, workload: Any) -> Any:
@@ -262,18 +248,13 @@ def load_result(directory: Path, workload: Any) -> Any:
     """
     import types
 
-    import torch
+    from tune_prune.pruning.masks import masks_to
+    from tune_prune.pruning.result_folder import read_pruned
 
-    from tune_prune.pruning.masks import load_masks_file, masks_to
-    from tune_prune.pruning.tools._io import rebuild_model
-
-    state = torch.load(directory / "model_state_dict.pth", map_location="cpu", weights_only=True)
-    history = json.loads((directory / "speedup_history.json").read_text())
-    meta = json.loads((directory / "result.json").read_text())
-    model = rebuild_model(workload.build_model(), history, state).to(workload.device)
-    masks = masks_to(load_masks_file(directory / "masks.pth"), workload.device)
-    return types.SimpleNamespace(compact_model=model, compact_model_masks=masks,
-                                 task_id=meta.get("task_id", "restored"))
+    files = read_pruned(directory)
+    model = files.model(workload.build_model()).to(workload.device)
+    return types.SimpleNamespace(compact_model=model, compact_model_masks=masks_to(files.masks, workload.device),
+                                 task_id=files.meta.get("task_id", "restored"))
 
 
 def _tune_report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
