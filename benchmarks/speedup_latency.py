@@ -1,6 +1,7 @@
 """Does physical channel removal buy CPU latency in proportion to the MACs it removes?
 
-Builds a CIFAR ResNet-20 (widths 16/32/64, 1x1-conv shortcuts) for 32x32 inputs, masks
+Builds a CIFAR ResNet-20 (``tune_prune.workloads.cifar.CifarResNet(blocks_per_stage=3)``:
+widths 16/32/64, 1x1-conv shortcuts) for 32x32 inputs, masks
 50% of every channel group by summed L1 filter norm (dependency-aware, so residual
 channels are coupled), speeds it up with tune_prune, and prints a Markdown table of
 reductions (dense / pruned) in MACs, params and median CPU latency at batch 1 and 64.
@@ -21,46 +22,7 @@ from torch import nn
 from tune_prune.pruning.dependency import channel_groups, dependency_aware_masks
 from tune_prune.pruning.measure import count_macs, count_params, measure_latency
 from tune_prune.pruning.speedup import speedup_model
-
-
-class Block(nn.Module):
-    """ResNet basic block with a 1x1 conv-BN shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class ResNet20(nn.Module):
-    """3 stages x 3 blocks, widths 16/32/64, global average pool, 10-way classifier."""
-
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(3):
-                layers.append(Block(cin, w, 2 if i > 0 and j == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(torch.relu(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+from tune_prune.workloads.cifar import CifarResNet
 
 
 def l1_group_masks(model: nn.Module, x: torch.Tensor, sparsity: float) -> dict:
@@ -83,17 +45,17 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    dense = ResNet20().eval()
+    dense = CifarResNet(blocks_per_stage=3, width=16).eval()  # ResNet-20
     x1 = torch.randn(1, 3, 32, 32)
     masks = l1_group_masks(dense, x1, args.sparsity)
     compact, remaining, _ = speedup_model(dense, masks, x1)
 
     widths = (
-        compact.conv1.out_channels,
-        compact.layers[3].conv2.out_channels,
-        compact.layers[6].conv2.out_channels,
+        compact.stem[0].out_channels,
+        compact.layer2[0].conv2.out_channels,
+        compact.layer3[0].conv2.out_channels,
     )
-    control = ResNet20(widths).eval()  # natively narrow net: what the compact shape can reach
+    control = CifarResNet(blocks_per_stage=3, widths=widths).eval()  # natively narrow net: what the compact shape can reach
     rows = []
     macs_d, macs_p = count_macs(dense, x1), count_macs(compact, x1)
     par_d, par_p = count_params(dense), count_params(compact)

@@ -40,7 +40,7 @@ from experiments._common import (
     machine_lines,
     write_results,
 )
-from experiments.speedup.run import ResNet20, tp_compact, tune_prune_compact
+from experiments.speedup.run import resnet20, tp_compact, tune_prune_compact
 from tune_prune.pruning import (
     ActivationAPoZRankPruner,
     ActivationMeanRankPruner,
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> str:
     rows += p_rows
     rows += speedup_rows(baseline, workload.dummy_input(), "digits ResNet", ref, args.repeats)
     torch.manual_seed(0)
-    rows += speedup_rows(ResNet20(), torch.randn(1, 3, 32, 32), "CIFAR ResNet-20", None,
+    rows += speedup_rows(resnet20(), torch.randn(1, 3, 32, 32), "CIFAR ResNet-20", None,
                          args.repeats)
     header.append(f"wall time {time.perf_counter() - start:.0f} s; " + machine_lines()[-1])
     headers = ["measurement", "model", "variant", "ms (median)", "ratio", "note"]

@@ -10,9 +10,8 @@ the test accuracy after the same short fine-tune.
     python -m experiments.speedup.run --quick    # smoke run, seconds
 
 Models: the digits ResNet (trained cached baseline, 8x8 inputs) and a CIFAR-shaped
-ResNet-20 (widths 16/32/64, 1x1-conv shortcuts, 32x32 inputs; random init, no data, so no
-accuracy column). The ResNet-20 is defined here, identical to benchmarks/speedup_latency.py,
-because ``benchmarks`` is not an importable package.
+ResNet-20 (``tune_prune.workloads.cifar.CifarResNet(blocks_per_stage=3)``: widths
+16/32/64, 1x1-conv shortcuts, 32x32 inputs; random init, no data, so no accuracy column).
 
 tune_prune config: ``[{"op_types": ["Conv2d"], "sparsity_per_layer": s}]`` (the Linear
 classifier is not selected). torch-pruning: ``pruning_ratio`` bisected until its MACs
@@ -52,50 +51,16 @@ from tune_prune.pruning import L1NormPruner
 from tune_prune.pruning.measure import count_macs, count_params, measure_latency
 from tune_prune.pruning.speedup import speedup_model
 from tune_prune.workloads import get_workload, load_or_train_baseline
+from tune_prune.workloads.cifar import CifarResNet
 
 MODULE = "experiments.speedup.run"
 HERE = Path(__file__).resolve().parent
 TUNE, TP = "tune_prune L1 dependency_aware + speedup_model", "torch-pruning MagnitudePruner (L1)"
 
 
-class Block(nn.Module):
-    """ResNet basic block with a 1x1 conv-BN shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-class ResNet20(nn.Module):
-    """3 stages x 3 blocks, widths 16/32/64, global average pool, 10-way classifier."""
-
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(3):
-                layers.append(Block(cin, w, 2 if i > 0 and j == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(torch.relu(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+def resnet20() -> nn.Module:
+    """CIFAR ResNet-20 (widths 16/32/64, 1x1-conv shortcuts): the package's CifarResNet."""
+    return CifarResNet(blocks_per_stage=3, width=16)
 
 
 def tune_prune_compact(model: nn.Module, x: torch.Tensor, sparsity: float) -> nn.Module:
@@ -239,7 +204,7 @@ def main(argv: list[str] | None = None) -> str:
             shape = (1, 8, 8)
         else:
             torch.manual_seed(0)
-            dense = ResNet20().eval()
+            dense = resnet20().eval()
             shape = (3, 32, 32)
         x1 = torch.randn(1, *shape)
         x64 = torch.randn(64, *shape)

@@ -107,6 +107,17 @@ def test_resnet56_shape_and_size() -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_resnet20_and_explicit_widths() -> None:
+    r20 = CifarResNet(blocks_per_stage=3)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in r20.modules()) == 1 + 3 * 3 * 2 + 2
+    narrow = CifarResNet(blocks_per_stage=3, widths=(8, 12, 40))
+    outs = [m.out_channels for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert outs[0] == 8 and outs[-1] == 40 and 12 in outs
+    assert narrow(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="widths"):
+        CifarResNet(widths=(8, 16))
+
+
 def test_synthetic_workload_trains_a_step() -> None:
     workload = Cifar10Workload(
         synthetic=True,

@@ -140,17 +140,30 @@ def find_batch_dir(data_dir: str | Path) -> Path:
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs: 3 stages of n basic blocks at w, 2w, 4w channels."""
+    """ResNet-(6n+2) for 32x32 inputs: 3 stages of n basic blocks at w, 2w, 4w channels.
 
-    def __init__(self, blocks_per_stage: int = 9, width: int = 16, num_classes: int = 10) -> None:
+    ``blocks_per_stage=3`` is ResNet-20, 9 is ResNet-56. ``widths`` overrides the three
+    stage widths (e.g. a natively narrow net with a pruned model's shape, to compare).
+    """
+
+    def __init__(
+        self,
+        blocks_per_stage: int = 9,
+        width: int = 16,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
+        stage_widths = tuple(widths) if widths is not None else (width, 2 * width, 4 * width)
+        if len(stage_widths) != 3 or min(stage_widths) < 1:
+            raise ValueError(f"widths must be three positive channel counts, got {widths!r}")
         self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
+            nn.Conv2d(3, stage_widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(stage_widths[0]),
             nn.ReLU(inplace=True),
         )
-        layers, in_ch = [], width
-        for stage, out_ch in enumerate((width, 2 * width, 4 * width)):
+        layers, in_ch = [], stage_widths[0]
+        for stage, out_ch in enumerate(stage_widths):
             blocks = []
             for i in range(blocks_per_stage):
                 stride = 2 if stage > 0 and i == 0 else 1
