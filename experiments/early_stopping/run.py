@@ -38,7 +38,7 @@ from experiments._common import (
     pm,
     write_results,
 )
-from experiments.search_vs_hand.run import run_one_search, write_records
+from experiments.search_vs_hand.run import run_one_search, search_flag_values, write_records
 
 MODULE = "experiments.early_stopping.run"
 HERE = Path(__file__).resolve().parent
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> str:
                         help="only re-summarise runs.jsonl file(s) written by earlier runs")
     parser.add_argument("--note", action="append", default=[],
                         help="with --from-records: header line(s) (the runs' commands and machine)")
+    parser.add_argument("--search-flags", default="", metavar="'FLAGS'",
+                        help="extra `python -m tune_prune.search` flags (one string, split with shlex) "
+                        "for every search, e.g. \"--reuse-actors\"; recorded in the header")
     parser.add_argument("--quick", action="store_true",
                         help="1 seed, 2-trial searches of 1-2 iterations x 0.25 epoch, 1-epoch baseline")
     args = parser.parse_args(argv)
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> str:
         args.seeds = args.seeds[:1]
         values.update(num_samples=2, min_iterations=1, max_iterations=2, finetune_epochs=[0.25],
                       workload_options={"baseline_epochs": 1.0})
+    search_flags = search_flag_values(args.search_flags)
+    values.update(search_flags)
     torch.set_num_threads(1)
     if args.from_records:
         records = [json.loads(line) for path in args.from_records
@@ -157,8 +162,9 @@ def main(argv: list[str] | None = None) -> str:
     elapsed = time.perf_counter() - start
     header += [f"digits config {workload.config}",
                f"seeds {args.seeds}; target weight sparsity {args.target:g}; each search: "
-               f"{values['num_samples']} trials, {args.max_concurrent} at a time, seeded TPE, CLI defaults "
-               "otherwise (fair: rungs 0.25/0.5/0.75, reduction factor 2; asha: grace 1, factor 2)",
+               f"{values['num_samples']} trials, {args.max_concurrent} at a time, seeded TPE, "
+               + (f"search flags {args.search_flags!r} ({search_flags}), " if search_flags else "")
+               + "CLI defaults otherwise (fair: rungs 0.25/0.5/0.75, reduction factor 2; asha: grace 1, factor 2)",
                f"wall time {elapsed:.0f} s; " + machine_lines()[-1]]
     write_records(args.out / "runs.csv", records)
     headers, rows = summarise(records)

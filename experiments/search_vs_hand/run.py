@@ -136,16 +136,13 @@ def calibrate_channels(workload: Any, baseline: torch.nn.Module, factor: float) 
 # ----------------------------------------------------------------------------- evaluation
 def test_accuracy(workload: Any, result_dir: str | Path) -> tuple[float, float]:
     """(test, val) accuracy of the pruned model the trainable stored in ``result_dir``."""
-    from tune_prune.pruning.masks import apply_masks, load_masks_file
-    from tune_prune.pruning.tools._io import rebuild_model
+    from tune_prune.pruning.masks import apply_masks
+    from tune_prune.pruning.result_folder import read_pruned
 
-    result = Path(result_dir)
-    state = torch.load(result / "model_state_dict.pth", map_location="cpu", weights_only=True)
-    masks = load_masks_file(result / "masks.pth")
-    history = json.loads((result / "speedup_history.json").read_text())
-    model = rebuild_model(workload.build_model(), history, state).to(workload.device)
-    if masks:
-        apply_masks(model, masks)
+    files = read_pruned(result_dir)
+    model = files.model(workload.build_model()).to(workload.device)
+    if files.masks:
+        apply_masks(model, files.masks)
     model.eval()
     return workload.evaluate(model, "test"), workload.evaluate(model, "val")
 
@@ -379,6 +376,7 @@ def main(argv: list[str] | None = None) -> str:
         args.targets, args.seeds, args.hand_iterations, args.hand_epochs = ["w0.8"], args.seeds[:1], 2, 0.25
         workload_options = {"baseline_epochs": 1.0}
         args.short_epochs = args.short_epochs or 0.25
+        args.short_lr = args.short_lr or 0.02
         search_values.update(num_samples=2, min_iterations=1, max_iterations=2, finetune_epochs=[0.25])
     search_flags = search_flag_values(args.search_flags)
     search_values.update(search_flags)
@@ -386,8 +384,13 @@ def main(argv: list[str] | None = None) -> str:
     if args.from_records:
         records = [json.loads(line) for path in args.from_records
                    for line in path.read_text().splitlines() if line.strip()]
+        # --targets / --hand-methods select rows here too (e.g. one target's seeds from two runs)
+        records = [r for r in records if r["target"] in args.targets
+                   and (not args.hand_methods or r["method"] not in HAND + (SHORT_LR,)
+                        or r["method"] in args.hand_methods)]
         headers, rows = summarise(records)
-        header = [command_line(MODULE, ["--from-records", *map(str, args.from_records)]) + " --note ...", *args.note]
+        header = [command_line(MODULE, argv_used), *args.note]
+        args.out.mkdir(parents=True, exist_ok=True)
         write_records(args.out / "runs.csv", records)
         return write_results(args.out, header, headers, rows, footer=verdict_lines(records))
     args.out.mkdir(parents=True, exist_ok=True)
