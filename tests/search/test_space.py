@@ -154,3 +154,32 @@ def test_seeded_tpe_is_reproducible() -> None:
         return out
 
     assert run() == run()
+
+
+@pytest.mark.parametrize("cool_downs", [1, 3])
+def test_sa_trial_runs_exactly_its_iterations_within_the_budget(tmp_path, cool_downs: int) -> None:
+    """Every candidate rejected (scores only fall): still total_iteration tasks, no more."""
+    import torch
+    from torch import nn
+
+    from tune_prune.pruning.tools import TaskResult
+    from tune_prune.search import build
+
+    cfg = SearchConfig.create(finetune_budget=6)
+    params = {"generator": "simulated_annealing", "pruner": "level", "sa_cool_downs": cool_downs,
+              "sa_start_temperature": 50.0, "sa_cool_down_rate": 0.8,
+              "sa_perturbation_magnitude": 0.2, "lr": 0.01}
+    trial = define_space(optuna.trial.FixedTrial(params), cfg)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    config_list = build.make_config_list("weights", trial["mode"], 0.8, trial["generator"])
+    generator = build.make_task_generator(trial, model, config_list, tmp_path, seed=0)
+    tasks, score = 0, 1.0
+    while (task := generator.next()) is not None:
+        tasks += 1
+        score -= 0.1  # always worse: every candidate after the first is a rejection
+        m, masks, _ = task.load_data()
+        generator.receive_task_result(TaskResult(task.task_id, m, masks, masks, score))
+        assert tasks <= 20
+    assert tasks == trial["total_iteration"] == cool_downs + 1
+    assert math.isclose(tasks * trial["finetune_epochs"], 6.0)

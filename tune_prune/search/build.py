@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 #: Per-layer cap in global mode: one layer may not be pruned away entirely.
 GLOBAL_MAX_SPARSITY_PER_LAYER = 0.95
-#: SA re-tries a rejected candidate at most this often before cooling anyway; keeps an
-#: SA trial within 1 + 2 * total_iteration tasks.
-SA_MAX_REJECTIONS = 1
+#: SA re-tries a rejected candidate at most this often before cooling anyway. 0: a
+#: rejected candidate still counts as a cool-down step, so an SA trial runs exactly
+#: total_iteration tasks and keeps to the fine-tune budget like every other schedule.
+SA_MAX_REJECTIONS = 0
 
 
 def make_config_list(

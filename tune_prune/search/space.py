@@ -53,7 +53,8 @@ def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
     lo, hi = cfg.min_iterations, cfg.max_iterations
     if generator == "simulated_annealing":
         # SA's length is set by its temperatures: one task, then one per cool-down
-        # (k = ceil(log(stop/start)/log(rate)); a rejected candidate may add one more).
+        # (k = ceil(log(stop/start)/log(rate)); the search's SA cools after every
+        # candidate, accepted or not, so it runs exactly k + 1 tasks: build.SA_MAX_REJECTIONS).
         # Searching k directly and deriving the stop temperature keeps SA trials inside
         # the same iteration budget as the fixed schedules.
         k = trial.suggest_int("sa_cool_downs", max(1, lo - 1), max(1, hi - 1))
