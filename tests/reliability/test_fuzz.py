@@ -196,7 +196,8 @@ def test_fuzz_toml_config_through_main(content) -> None:
 
 
 FLAG_VALUES = st.one_of(st.sampled_from(["0", "-1", "0.5", "1", "1.5", "nan", "inf", "1e400", "",
-                                         "agp", "level", "l1", "weights", "x=1", "=", "a b", "true"]),
+                                         "agp", "level", "l1", "weights", "x=1", "=", "a b", "true", "none",
+                                         "random"]),
                         st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
                                 max_size=8))
 FLAGS = [cli._flag(f) for f in FIELDS if f not in ("workload_options", "export_dir", "storage_path",
