@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import os
 import random
 import shutil
@@ -170,15 +169,14 @@ class Reporter:
 def checked_score(value: Any, iteration: int) -> float:
     """``value`` as a float; WorkloadError when it is not a finite real number (divergence)."""
     from tune_prune.errors import WorkloadError
+    from tune_prune.workloads.base import finite_real
 
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    score = finite_real(value)
+    if score is None:
         raise WorkloadError(
-            f"score={value!r} at iteration {iteration} is not a real number "
-            f"(type {type(value).__name__}); the workload's evaluate() must return a float"
+            f"score={value!r} (type {type(value).__name__}) at iteration {iteration}: not a "
+            "finite real number; the trial diverged or evaluate() does not return a float"
         )
-    score = float(value)
-    if not math.isfinite(score):
-        raise WorkloadError(f"score={score!r} at iteration {iteration}: the trial diverged")
     return score
 
 
@@ -269,12 +267,12 @@ def _number(value: Any) -> float:
 
 def _real_or_nan(value: Any) -> float:
     """A reported-only metric: NaN (with a warning) rather than a failed trial when it is bad."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        logger.warning("test score %r is not a real number; reporting NaN", value)
-        return math.nan
-    return float(value)
+    from tune_prune.workloads.base import finite_real
+
+    score = finite_real(value)
+    if score is None and value is not None:
+        logger.warning("test score %r is not a finite real number; reporting NaN", value)
+    return math.nan if score is None else score
 
 
 def _ratio(value: Any, dense: Any) -> float:

@@ -102,24 +102,27 @@ def _check_lr(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
 
 
-def check_score(workload: Any, value: Any, what: str = "score") -> float:
-    """``value`` (what ``evaluate`` returned) as a float, or WorkloadError naming it.
+def finite_real(value: Any) -> float | None:
+    """``value`` as a float when it is a finite real number, else None.
 
     Real numbers (int, float, NumPy scalars; not bool) that are finite pass; tensors,
-    strings, None, NaN and inf do not: the search ranks trials by this number.
+    strings, None, NaN and inf do not: the search ranks trials by scores like this.
     """
     import numbers
 
-    name = getattr(workload, "name", type(workload).__name__)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise WorkloadError(
-            f"{name}: evaluate() returned {value!r} (type {type(value).__name__}) for the "
-            f"{what}; it must return a finite float"
-        )
+        return None
     score = float(value)
-    if not math.isfinite(score):
-        raise WorkloadError(f"{name}: evaluate() returned score={score!r} for the {what}; "
-                            "it must be finite")
+    return score if math.isfinite(score) else None
+
+
+def check_score(workload: Any, value: Any, what: str = "score") -> float:
+    """``value`` (what ``evaluate`` returned) as a float, or WorkloadError naming it."""
+    score = finite_real(value)
+    if score is None:
+        name = getattr(workload, "name", type(workload).__name__)
+        got = f"score={value!r}" if isinstance(value, float) else f"{value!r} (type {type(value).__name__})"
+        raise WorkloadError(f"{name}: evaluate() returned {got} for the {what}; it must return a finite float")
     return score
 
 
