@@ -11,7 +11,7 @@ trials), on digits at one target.
     python -m experiments.early_stopping.run --quick     # smoke run, < 1 min
 
 Per search: the best validation objective (score at the target; what the search
-maximises), the TEST accuracy of that best model (rebuilt from its checkpoint), the
+maximises), the TEST accuracy of that best model (its reported ``test_score``), the
 fine-tune epochs spent by all trials together (compute), how many trials were stopped,
 and wall time. Paired by seed against ``none``.
 """
