@@ -91,6 +91,16 @@ def pm(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def cpu_digits(baseline_epochs: float | None = None) -> Any:
+    """The digits workload on CPU (every experiment's timings are CPU timings)."""
+    from tune_prune.workloads import get_workload
+
+    overrides: dict[str, Any] = {"device": "cpu"}
+    if baseline_epochs is not None:
+        overrides["baseline_epochs"] = baseline_epochs
+    return get_workload("digits", **overrides)
+
+
 def seeded_init(workload: Any, seed: int) -> torch.nn.Module:
     """The model ``load_or_train_baseline(workload, seed, ...)`` started from (its init)."""
     with torch.random.fork_rng(devices=[]):

@@ -46,6 +46,7 @@ from torch import nn
 from experiments._common import (
     DEFAULT_CACHE,
     command_line,
+    cpu_digits,
     machine_lines,
     mean_std,
     pm,
@@ -56,7 +57,7 @@ from experiments._common import (
 from tune_prune.pruning import LevelPruner, LotteryTicketTaskGenerator, PruningScheduler
 from tune_prune.pruning.masks import apply_masks, unwrap_model, wrap_model
 from tune_prune.pruning.measure import sparsity_report
-from tune_prune.workloads import get_workload, load_or_train_baseline
+from tune_prune.workloads import load_or_train_baseline
 
 MODULE = "experiments.lottery_ticket.run"
 HERE = Path(__file__).resolve().parent
@@ -244,10 +245,7 @@ def main(argv: list[str] | None = None) -> str:
         args.seeds, args.rounds, args.target = args.seeds[:1], 2, 0.9
         args.baseline_epochs = args.baseline_epochs or 1.0
     torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {"device": "cpu"}
-    if args.baseline_epochs is not None:
-        overrides["baseline_epochs"] = args.baseline_epochs
-    workload = get_workload("digits", **overrides)
+    workload = cpu_digits(args.baseline_epochs)
     ft_epochs = args.finetune_epochs if args.finetune_epochs is not None else workload.baseline_epochs
 
     header = [command_line(MODULE, argv_used), *machine_lines(),

@@ -37,6 +37,7 @@ from torch import nn
 from experiments._common import (
     DEFAULT_CACHE,
     command_line,
+    cpu_digits,
     machine_lines,
     write_results,
 )
@@ -54,7 +55,7 @@ from tune_prune.pruning import (
 from tune_prune.pruning.masks import unwrap_model, wrap_model
 from tune_prune.pruning.measure import count_macs
 from tune_prune.pruning.speedup import speedup_model
-from tune_prune.workloads import get_workload, load_or_train_baseline
+from tune_prune.workloads import load_or_train_baseline
 
 MODULE = "experiments.overhead.run"
 HERE = Path(__file__).resolve().parent
@@ -216,10 +217,7 @@ def main(argv: list[str] | None = None) -> str:
         args.digits_steps, args.cifar_steps, args.rounds, args.repeats = 5, 2, 1, 1
         args.baseline_epochs = args.baseline_epochs or 1.0
     torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {"device": "cpu"}
-    if args.baseline_epochs is not None:
-        overrides["baseline_epochs"] = args.baseline_epochs
-    workload = get_workload("digits", **overrides)
+    workload = cpu_digits(args.baseline_epochs)
     header = [command_line(MODULE, argv_used), *machine_lines(),
               f"medians; train steps interleaved over {args.rounds} rounds; "
               f"{args.repeats} timed calls per pruner / speedup; digits baseline seed 0"]

@@ -41,6 +41,7 @@ from torch import nn
 from experiments._common import (
     DEFAULT_CACHE,
     command_line,
+    cpu_digits,
     machine_lines,
     mean_std,
     pm,
@@ -50,7 +51,7 @@ from experiments._common import (
 from tune_prune.pruning import L1NormPruner
 from tune_prune.pruning.measure import count_macs, count_params, measure_latency
 from tune_prune.pruning.speedup import speedup_model
-from tune_prune.workloads import get_workload, load_or_train_baseline
+from tune_prune.workloads import load_or_train_baseline
 from tune_prune.workloads.cifar import CifarResNet
 
 MODULE = "experiments.speedup.run"
@@ -179,10 +180,7 @@ def main(argv: list[str] | None = None) -> str:
         args.baseline_epochs = args.baseline_epochs or 1.0
         args.bisect_steps, args.macs_tol = 6, 0.05
     torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {"device": "cpu"}
-    if args.baseline_epochs is not None:
-        overrides["baseline_epochs"] = args.baseline_epochs
-    workload = get_workload("digits", **overrides)
+    workload = cpu_digits(args.baseline_epochs)
 
     header = [command_line(MODULE, argv_used), *machine_lines(),
               f"torch-pruning {version('torch-pruning')}; accuracy seeds {args.seeds} (digits test split, "
