@@ -8,10 +8,10 @@ relative to one epoch of fine-tuning? (3) what does one ``speedup_model`` call c
     python -m experiments.overhead.run            # full, ~1-3 min on 1 thread
     python -m experiments.overhead.run --quick    # smoke run, seconds
 
-(1) follows benchmarks/masked_step.py: the same SGD(momentum, weight decay) steps on a
+(1) (``masked_step_rows``; benchmarks/masked_step.py runs it alone): the same SGD(momentum, weight decay) steps on a
 plain model and on an identical copy with 50% of every Conv/Linear weight masked
 (fine-grained, random), interleaved rounds, median. Models: the digits ResNet (batch 64,
-1x8x8) and the CIFAR-shaped CNN of benchmarks/masked_step.py (batch 64, 3x32x32).
+1x8x8) and a CIFAR-shaped CNN, ``cifar_cnn`` (batch 64, 3x32x32).
 (2) times ``compress()`` alone (pruner built beforehand) on a fresh copy of the trained
 digits baseline, 50% sparsity; statistics pruners run their trainer for one epoch of
 digits batches (16), so their cost is mostly that training. (3) times ``speedup_model``
@@ -67,7 +67,7 @@ RAY_NOTE = (
 
 
 def cifar_cnn() -> nn.Module:
-    """The CNN of benchmarks/masked_step.py (no residuals), 32x32 inputs."""
+    """A plain CIFAR-sized CNN (no residuals), 32x32 inputs; benchmarks/masked_step.py times it."""
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
@@ -89,7 +89,8 @@ def _steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
 
 
 def masked_step_rows(name: str, build: Callable[[], nn.Module], shape: tuple[int, ...],
-                     steps: int, rounds: int) -> list[list]:
+                     steps: int, rounds: int, batch: int = 64) -> list[list]:
+    """Plain vs masked (50 % of Conv/Linear weights, tune_prune hooks) SGD steps, interleaved."""
     torch.manual_seed(0)
     plain = build()
     masked = copy.deepcopy(plain)
@@ -99,7 +100,7 @@ def masked_step_rows(name: str, build: Callable[[], nn.Module], shape: tuple[int
         for n, m in masked.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
     }
     wrap_model(masked, masks)
-    x, y = torch.randn(64, *shape, generator=g), torch.randint(0, 10, (64,), generator=g)
+    x, y = torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             for k, m in (("plain", plain), ("masked", masked))}
     times: dict[str, list[float]] = {"plain": [], "masked": []}
@@ -114,9 +115,9 @@ def masked_step_rows(name: str, build: Callable[[], nn.Module], shape: tuple[int
     r = statistics.median(ratios)
     verdict = "meets" if r <= 1.10 else "MISSES"
     return [
-        ["training step, batch 64", name, "plain", f"{p * 1e3:.3f}", "1.000",
+        [f"training step, batch {batch}", name, "plain", f"{p * 1e3:.3f}", "1.000",
          f"{steps} steps x {rounds} interleaved rounds"],
-        ["training step, batch 64", name, "masked (tune_prune hooks, 50% weights)",
+        [f"training step, batch {batch}", name, "masked (tune_prune hooks, 50% weights)",
          f"{m * 1e3:.3f}", f"{r:.3f}",
          f"median of per-round masked/plain ratios (range {ratios[0]:.3f}-{ratios[-1]:.3f}); "
          f"{verdict} target <= 1.10"],

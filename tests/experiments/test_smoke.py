@@ -59,3 +59,12 @@ def test_overhead_quick(tmp_path: Path) -> None:
     assert sum(n.startswith("speedup_model") for n in names) == 2
     assert sum(n.startswith("prune 50% channels") for n in names) == 4
     assert all(float(r[3]) > 0 for r in rows)
+
+
+def test_masked_step_benchmark_runs_the_overhead_measurement() -> None:
+    from benchmarks.masked_step import main as masked_main
+
+    text = masked_main(["--steps", "1", "--rounds", "1", "--batch", "4"])
+    assert "python -m benchmarks.masked_step --steps 1" in text
+    rows = [line for line in text.splitlines() if line.startswith("| training step, batch 4 | CIFAR CNN")]
+    assert [r.split(" | ")[2] for r in rows] == ["plain", "masked (tune_prune hooks, 50% weights)"]
