@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-#: Same cheap baseline as tests/search (1 epoch): seconds to train on one core.
+#: A cheap baseline (1 epoch; tests/search uses 3): seconds to train on one core.
 WORKLOAD_OPTIONS = {"baseline_epochs": 1.0}
 
 

@@ -152,13 +152,15 @@ class Reporter:
         iteration's pruned model, stored under ``result/`` so the best iteration of the
         best trial can be exported whatever the generator kept as its best result.
         """
+        from tune_prune.pruning.result_folder import save_pruned
+
         result = self.metrics(meas, schedule_done, planned)
         tmp = Path(tempfile.mkdtemp(prefix="tune_prune_ckpt_"))
         try:
             if save is not None:
                 save(tmp / SCHEDULER_DIR)
             if model is not None:
-                save_result(tmp / RESULT_DIR, model, masks or {}, {**self.trial, **result})
+                save_pruned(tmp / RESULT_DIR, model, masks or {}, {**self.trial, **result})
             (tmp / STATE_FILE).write_text(json.dumps(asdict(self.counters)))
             self.report_fn(result, checkpoint=tune.Checkpoint.from_directory(str(tmp)))
         finally:
@@ -231,15 +233,8 @@ def _trial_id() -> str:
         return "local"
 
 
-def save_result(directory: Path, model: Any, masks: Any, meta: dict[str, Any]) -> None:
-    """One iteration's pruned model as a result folder (what tune_prune.export reads)."""
-    from tune_prune.pruning.result_folder import save_pruned
-
-    save_pruned(directory, model, masks, meta)
-
-
 def load_result(directory: Path, workload: Any) -> Any:
-    """The pruned model saved by :func:`save_result`, as a TaskResult-like namespace.
+    """The pruned model a report stored (``result_folder.save_pruned``), as a TaskResult-like namespace.
 
     ``compact_model`` (rebuilt from the workload's architecture, the speedup history and
     the state dict, weights_only loading), ``compact_model_masks`` and ``task_id``.
