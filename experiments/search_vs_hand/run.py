@@ -77,6 +77,9 @@ MODULE = "experiments.search_vs_hand.run"
 HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = ["w0.9", "w0.5", "w0.8", "c2x", "c3x"]
 SEARCH, RANDOM = "search (TPE)", "random search"
+#: The search's first trial alone (its ``--warm-start``, one-shot global by default): what
+#: the search adds beyond the schedule it is told to try first.
+WARM = "search's warm start alone"
 AGP, LINEAR, LTH, ONESHOT = ("NNI default: AGP", "linear", "lottery ticket", "one-shot + FT")
 AGP_G, ONESHOT_G = "AGP, global ranking", "one-shot + FT, global ranking"
 #: NNI's per-layer ('normal') sparsity prunes the 144-weight stem conv to 90 % as well; a
@@ -89,7 +92,7 @@ SHORT = "one-shot + FT, global ranking, short"
 #: lr finding is worth to a user who already knows it. Not a hand schedule for the verdict.
 SHORT_LR = "one-shot + FT, global ranking, short, lr picked"
 HAND = (*HAND_BY_KIND["weights"], SHORT)
-METHODS = (*HAND, SHORT_LR, SEARCH, RANDOM)
+METHODS = (*HAND, SHORT_LR, WARM, SEARCH, RANDOM)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -223,7 +226,39 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
         "errors": out.num_errors,
         "experiment": str(out.experiment_dir),
     }
+    warm = warm_start_row(out)
+    if warm is not None:
+        info["warm_start"] = {**warm, "picked": warm["trial_id"] == top["trial_id"]}
     return out, info
+
+
+def warm_start_row(out: Any) -> dict[str, Any] | None:
+    """Test/val accuracy and schedule of the search's first warm-start trial, if it ran one.
+
+    Optuna marks an enqueued trial with the system attribute ``fixed_params``; the trial's
+    user attribute ``tune_trial_id`` names its row in ``best_per_trial.csv``.
+    """
+    import optuna
+
+    from tune_prune.search.searcher import journal_storage
+
+    study = optuna.load_study(study_name=out.study_name, storage=journal_storage(out.experiment_dir))
+    first = next((t for t in study.trials if "fixed_params" in t.system_attrs), None)
+    if first is None:
+        return None
+    rows = out.best[out.best["trial_id"] == first.user_attrs.get("tune_trial_id")]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    trial = {k: row.get(k) for k in ("generator", "pruner", "mode", "total_iteration",
+                                     "finetune_epochs", "lr", "reset_weight", "rewind", "curve_exponent")}
+    return {
+        "trial_id": row["trial_id"], "test_acc": float(row["test_score"]), "val_acc": float(row["score"]),
+        "sparsity": float(row["sparsity"]), "macs_ratio": float(row.get("macs_ratio", float("nan"))),
+        "reached_target": bool(row["reached_target"]),
+        "epochs_schedule": float(row["finetune_epochs_cum"]),
+        "schedule": _describe({**trial, "reset_weight": bool(trial["reset_weight"])}),
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -448,6 +483,11 @@ def main(argv: list[str] | None = None) -> str:
                         rec = {"target": token, "kind": kind, "seed": seed, "method": method, **info,
                                "search_flags": args.search_flags}
                         keep(rec)
+                        warm = rec.get("warm_start")
+                        if warm and not random:  # the same trial in both arms (same seed)
+                            keep({"target": token, "kind": kind, "seed": seed, "method": WARM,
+                                  **{k: v for k, v in warm.items() if k != "picked"},
+                                  "epochs_total": warm["epochs_schedule"], "search_flags": args.search_flags})
                         print(f"{token} seed {seed} {method}: test {rec['test_acc']:.4f} val "
                               f"{rec['val_acc']:.4f} [{rec['schedule']}] epochs {rec['epochs_schedule']:g}"
                               f"/{rec['epochs_total']:g} [{rec['seconds']:.0f} s]", flush=True)

@@ -23,7 +23,7 @@ def _table(out: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def test_search_vs_hand_quick(tmp_path: Path) -> None:
-    from experiments.search_vs_hand.run import METHODS
+    from experiments.search_vs_hand.run import METHODS, SEARCH, WARM
     from experiments.search_vs_hand.run import main as svh_main
 
     text = svh_main(["--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")])
@@ -39,6 +39,10 @@ def test_search_vs_hand_quick(tmp_path: Path) -> None:
     for r in runs:
         assert 0.0 <= float(r["test_acc"]) <= 1.0
         assert float(r["epochs_schedule"]) > 0
+    by_method = {r["method"]: r for r in runs}
+    # the warm start is one of the search's trials: the pick (best on val) is not below it
+    assert float(by_method[SEARCH]["val_acc"]) >= float(by_method[WARM]["val_acc"])
+    assert " 1 it " in by_method[WARM]["schedule"]  # one-shot: a single pruning iteration
 
 
 def test_early_stopping_quick(tmp_path: Path) -> None:

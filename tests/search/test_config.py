@@ -175,3 +175,50 @@ def test_optional_number_flags_accept_none() -> None:
     assert cfg.time_budget_s is None and cfg.sampler == "random"
     with pytest.raises(SystemExit):
         parse_config(["--finetune-budget", "lots"])
+
+
+@pytest.mark.parametrize(
+    ("warm_start", "extra", "words"),
+    [
+        (["oneshot"], {}, ["warm_start[0]='oneshot'", "unknown preset", "one_shot"]),
+        ([{"lr": 0.5}], {}, ["warm_start[0]", "lr=0.5", "[0.005, 0.05]"]),
+        ([{"total_iteration": 9}], {}, ["total_iteration=9", "[1, 5]"]),
+        ([{"generator": "simulated_annealing"}], {}, ["simulated_annealing", "cannot be given"]),
+        ([{"mode": "global"}], {}, ["'mode' needs 'pruner'"]),
+        ([{"pruner": "level", "mode": "dependency_aware"}], {}, ["mode='dependency_aware'"]),
+        ([{"generator": "agp", "rewind": "early"}], {}, ["'rewind' needs reset_weight"]),
+        ([{"generator": "lottery_ticket", "reset_weight": False}], {}, ["always rewinds"]),
+        ([{"finetune_epochs": 2}], {}, ["finetune_epochs", "finetune_budget=5.0"]),
+        ([{"speed": 1}], {}, ["unknown key(s) ['speed']"]),
+        (["{not json"], {}, ["not a JSON object"]),
+        (["one_shot"], {"min_iterations": 2}, ["'one_shot' needs min_iterations=1"]),
+        (["one_shot", "agp"], {"num_samples": 1}, ["2 schedule(s)", "num_samples=1"]),
+    ],
+)
+def test_bad_warm_start_names_entry_and_value(warm_start: list, extra: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        SearchConfig.create(warm_start=warm_start, **extra)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_default_warm_start_adapts_where_an_explicit_one_fails() -> None:
+    """The default one_shot is dropped where it cannot run; asked for, it is an error."""
+    assert SearchConfig.create().warm_start == ["one_shot"]
+    cfg = SearchConfig.create(min_iterations=2)
+    assert cfg.warm_start == []
+    assert SearchConfig.create(**cfg.model_dump()) == cfg  # the saved config resumes as it ran
+    assert SearchConfig.create(generators=["lottery_ticket", "simulated_annealing"]).warm_start == []
+
+
+def test_warm_start_flags() -> None:
+    assert parse_config(["--warm-start", "none"])[0].warm_start == []
+    cfg, _ = parse_config(["--warm-start", "AGP", '{"generator": "linear", "total_iteration": 2}'])
+    assert cfg.warm_start == ["agp", {"generator": "linear", "total_iteration": 2}]
+
+
+def test_warm_start_tables_in_toml(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('warm_start = ["one_shot", { generator = "agp", total_iteration = 3, lr = 0.01 }]\n')
+    cfg = SearchConfig.from_toml(p)
+    assert cfg.warm_start[1] == {"generator": "agp", "total_iteration": 3, "lr": 0.01}

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.searcher import JOURNAL_FILE, PruneAwareOptunaSearch, journal_storage
-from tune_prune.search.space import define_space, make_sampler
+from tune_prune.search.space import define_space, make_sampler, warm_start_points
 
 
 def _searcher(tmp_path: Path, cfg: SearchConfig, metric, mode) -> PruneAwareOptunaSearch:
@@ -105,3 +105,27 @@ def test_suggestions_never_run_by_tune_are_closed_as_orphaned(tmp_path: Path) ->
     by_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
     assert by_id["a"].state == TrialState.COMPLETE and "orphaned" not in by_id["a"].user_attrs
     assert by_id["b"].state == TrialState.FAIL and by_id["b"].user_attrs["orphaned"] is True
+
+
+def test_warm_start_runs_first_and_is_not_enqueued_twice(tmp_path: Path) -> None:
+    cfg = SearchConfig.create(warm_start=["one_shot", {"generator": "linear", "total_iteration": 3}])
+    points = warm_start_points(cfg)
+
+    def make() -> PruneAwareOptunaSearch:
+        return PruneAwareOptunaSearch(
+            space=functools.partial(define_space, cfg=cfg), metric="best_objective", mode="max",
+            sampler=make_sampler(cfg), study_name="s", storage=journal_storage(tmp_path),
+            warm_start=points,
+        )
+
+    s = make()
+    first, second = s.suggest("a"), s.suggest("b")
+    assert (first["total_iteration"], first["mode"], first["lr"]) == (1, "global", points[0]["lr"])
+    assert (second["generator"], second["total_iteration"]) == ("linear", 3)
+    assert first["warm_start"] and second["warm_start"] and not s.suggest("c")["warm_start"]
+    # a driver restarted on the same journal (before Tune's first snapshot) sets the study
+    # up again: the warm starts are already there and are not queued a second time
+    make()
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    assert len(study.trials) == 3
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]

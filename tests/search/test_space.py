@@ -10,6 +10,7 @@ import pytest
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.space import (
     CURVE_PARAMS,
+    WARM_START_KEYS,
     REWIND_PARAMS,
     SA_PARAMS,
     define_space,
@@ -17,6 +18,7 @@ from tune_prune.search.space import (
     make_sampler,
     sa_iterations,
     sa_stop_temperature,
+    warm_start_points,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -183,3 +185,49 @@ def test_sa_trial_runs_exactly_its_iterations_within_the_budget(tmp_path, cool_d
         assert tasks <= 20
     assert tasks == trial["total_iteration"] == cool_downs + 1
     assert math.isclose(tasks * trial["finetune_epochs"], 6.0)
+
+
+# ---------------------------------------------------------------- warm start
+def _ask_with(cfg: SearchConfig, params: dict) -> dict:
+    """The normalised config define_space returns for a trial enqueued with ``params``."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=7))
+    study.enqueue_trial(params)
+    return define_space(study.ask(), cfg)
+
+
+@pytest.mark.parametrize("kind", ["weights", "channels"])
+def test_every_non_sa_schedule_round_trips_through_warm_start(kind: str) -> None:
+    """Any schedule the space can propose, given as a warm start, is proposed exactly."""
+    cfg = SearchConfig.create(sparsity_kind=kind, warm_start=[])
+    checked = 0
+    for _, config in _sample(cfg, 80):
+        if config["generator"] == "simulated_annealing":
+            continue
+        schedule = {k: config[k] for k in WARM_START_KEYS if k in config and k != "finetune_epochs"}
+        (params,) = warm_start_points(cfg.updated(warm_start=[schedule]))
+        assert _ask_with(cfg, params) == config
+        checked += 1
+    assert checked > 40
+
+
+def test_presets_are_in_the_space_and_say_what_they_are() -> None:
+    weights = SearchConfig.create()
+    one_shot = _ask_with(weights, warm_start_points(weights)[0])
+    assert (one_shot["total_iteration"], one_shot["mode"], one_shot["reset_weight"]) == (1, "global", False)
+    assert one_shot["finetune_epochs"] == weights.finetune_budget  # the whole budget after one prune
+    assert one_shot["lr"] == pytest.approx(math.sqrt(weights.lr_min * weights.lr_max))
+
+    channels = SearchConfig.create(sparsity_kind="channels", warm_start=["one_shot", "agp"], max_iterations=4)
+    shot, agp = (_ask_with(channels, p) for p in warm_start_points(channels))
+    assert (shot["pruner"], shot["mode"], shot["total_iteration"]) == ("l1", "normal", 1)
+    assert (agp["generator"], agp["mode"], agp["total_iteration"]) == ("agp", "normal", 4)
+    assert agp["finetune_epochs"] == pytest.approx(channels.finetune_budget / 4)
+
+
+def test_partial_schedule_leaves_the_rest_to_the_sampler() -> None:
+    cfg = SearchConfig.create(warm_start=[{"generator": "linear", "total_iteration": 3}])
+    (params,) = warm_start_points(cfg)
+    assert params == {"generator": "linear", "total_iteration": 3}
+    config = _ask_with(cfg, params)
+    assert (config["generator"], config["total_iteration"]) == ("linear", 3)
+    assert cfg.lr_min <= config["lr"] <= cfg.lr_max

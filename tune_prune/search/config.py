@@ -96,6 +96,15 @@ class SearchConfig(BaseModel):
     )
     lr_min: float = Field(5e-3, gt=0.0, description="lowest fine-tune learning rate (log-uniform)")
     lr_max: float = Field(5e-2, gt=0.0, description="highest fine-tune learning rate (log-uniform)")
+    warm_start: list[str | dict[str, Any]] = Field(
+        ["one_shot"],
+        description="schedules run first, before the sampler proposes any, so the search's "
+        "pick is never below them on val: presets 'one_shot' (prune once, fine-tune the whole "
+        "budget; global ranking for weights) and 'agp' (AGP over max_iterations, NNI's shape), "
+        "both at the lr range's geometric centre, or a schedule in trial-config keys (TOML "
+        "table or JSON, e.g. '{\"generator\": \"agp\", \"total_iteration\": 3}'; left-out keys "
+        "are sampled). Each counts as one of num_samples. 'none' for no warm start",
+    )
     # ---- the search itself
     num_samples: int = Field(8, ge=1, description="number of trials (schedules) to run")
     time_budget_s: float | None = Field(
@@ -210,6 +219,32 @@ class SearchConfig(BaseModel):
                 raise ValueError(f"epochs must be finite and >= 0, got {v!r}")
         return sorted(set(float(v) for v in value))
 
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _parse_warm_start(cls, value: Any) -> Any:
+        """Flag words: 'none' alone = no warm start, presets lower-cased, JSON objects parsed."""
+        if value is None:
+            return []
+        if isinstance(value, str | dict):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            return value  # pydantic reports the type
+        out: list[Any] = []
+        for item in value:
+            if isinstance(item, str) and item.strip().startswith("{"):
+                import json
+
+                try:
+                    item = json.loads(item)
+                except ValueError as exc:
+                    raise ValueError(f"{item!r} is not a JSON object: {exc}") from None
+            elif isinstance(item, str):
+                item = item.strip().lower()
+            out.append(item)
+        if out == ["none"]:
+            return []
+        return out
+
     @field_validator("early_stopping_rungs")
     @classmethod
     def _check_rungs(cls, value: list[float]) -> list[float]:
@@ -265,6 +300,19 @@ class SearchConfig(BaseModel):
                 f"deterministic=True cannot be combined with time_budget_s={self.time_budget_s!r} "
                 "(a wall-clock budget ends the search at a timing-dependent trial)"
             )
+        from tune_prune.search.space import warm_start_points  # space imports this module
+
+        if "warm_start" not in self.model_fields_set:
+            # the default adapts: a preset that does not fit (one_shot under min_iterations=3)
+            # is dropped rather than failing a config that never asked for it
+            fitting = [e for e in self.warm_start if _fits(self, e)][: self.num_samples]
+            self.__dict__["warm_start"] = fitting  # no re-validation (validate_assignment)
+        warm_start_points(self)  # ValueError naming the entry and key
+        if len(self.warm_start) > self.num_samples:
+            raise ValueError(
+                f"warm_start has {len(self.warm_start)} schedule(s) but num_samples="
+                f"{self.num_samples!r}: each warm start is one of the trials"
+            )
         if self.speedup and self.sparsity_kind != "channels":
             raise ValueError("speedup=True needs sparsity_kind='channels'")
         if self.address is not None and self.num_cpus is not None:
@@ -304,6 +352,17 @@ class SearchConfig(BaseModel):
     def from_toml(cls, path: str | Path, **overrides: Any) -> SearchConfig:
         """Load a TOML file (flat keys = field names); ``overrides`` win over the file."""
         return cls.create(**merge_values(load_toml(path), overrides))
+
+
+def _fits(cfg: SearchConfig, entry: str | dict[str, Any]) -> bool:
+    """Whether one warm-start entry is valid under ``cfg``."""
+    from tune_prune.search.space import warm_start_points
+
+    try:
+        warm_start_points(cfg.model_copy(update={"warm_start": [entry]}))
+    except ValueError:
+        return False
+    return True
 
 
 #: Pairs of fields of which only one may be set: setting one in an override unsets the

@@ -313,7 +313,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         close_orphaned_trials,
         journal_storage,
     )
-    from tune_prune.search.space import define_space, make_sampler
+    from tune_prune.search.space import define_space, make_sampler, warm_start_points
     from tune_prune.search.trainable import TunePruneTrial
 
     say: Printer = printer or (lambda msg: logger.info("%s", msg))
@@ -367,6 +367,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
                 sampler=make_sampler(cfg),
                 study_name=name,
                 storage=journal_storage(exp_dir),
+                warm_start=warm_start_points(cfg),
             )
             scheduler = make_scheduler(
                 cfg.early_stopping, mode, cfg.early_stopping_rungs,

@@ -20,6 +20,11 @@ iteration. Optuna refuses updates to a finished trial (``UpdateFinishedTrialErro
 which would abort the resumed search; such updates are skipped here: the study already
 holds the trial's final state (with fixed seeds the replay reports the same values).
 
+Warm start: ``warm_start`` parameter dicts are enqueued (``Study.enqueue_trial``) as soon
+as the study exists, so the first suggestions run them. Unlike Ray's ``points_to_evaluate``
+they are enqueued with ``skip_if_exists``: a search restarted on the same journal before
+its first Tune snapshot does not run them twice.
+
 A driver killed right after a suggestion, before Tune's snapshot, leaves an Optuna
 trial that no Tune trial ever runs; :func:`close_orphaned_trials` marks such trials
 FAIL with the user attribute ``orphaned`` once the search has ended.
@@ -94,12 +99,31 @@ def close_orphaned_trials(storage: JournalStorage, study_name: str, tune_trial_i
 class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that marks early-stopped trials PRUNED and annotates every trial."""
 
+    def __init__(self, *args: Any, warm_start: list[dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        # set before OptunaSearch.__init__, which sets the study up when given a space
+        self._warm_start = [dict(p) for p in warm_start or []]
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        for params in self._warm_start:
+            self._ot_study.enqueue_trial(params, skip_if_exists=True)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:  # from the start, so a never-run suggestion can be told apart
             ot_trial.set_user_attr("tune_trial_id", trial_id)
+            if config is not None:  # marked in the results tables; Optuna keeps enqueued params here
+                config["warm_start"] = self._enqueued(ot_trial.number)
         return config
+
+    def _enqueued(self, number: int) -> bool:
+        """Whether Optuna trial ``number`` ran enqueued (warm-start) parameters."""
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            if frozen.number == number:
+                return "fixed_params" in frozen.system_attrs
+        return False
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         try:
