@@ -196,6 +196,13 @@ def _describe(trial: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _describe_row(row: Any) -> str:
+    """:func:`_describe` of one row of a search's ``best_per_trial`` table."""
+    trial = {k: row.get(k) for k in ("generator", "pruner", "mode", "total_iteration",
+                                     "finetune_epochs", "lr", "reset_weight", "rewind", "curve_exponent")}
+    return _describe({**trial, "reset_weight": bool(trial["reset_weight"])})
+
+
 # ----------------------------------------------------------------------------- searches
 def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, dict[str, Any]]:
     """run_search(SearchConfig(**values)) on the Ray instance already started; returns
@@ -209,8 +216,6 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
     if best.empty:
         raise RuntimeError(f"search {out.experiment_dir} reported nothing")
     top = best.iloc[0]
-    trial = {k: top.get(k) for k in ("generator", "pruner", "mode", "total_iteration",
-                                     "finetune_epochs", "lr", "reset_weight", "rewind", "curve_exponent")}
     info = {
         "test_acc": float(top["test_score"]), "val_acc": float(top["score"]),
         "sparsity": float(top["sparsity"]),
@@ -220,7 +225,7 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
         # the best trial's epochs up to its best (at-target) iteration
         "epochs_schedule": float(top["finetune_epochs_cum"]),
         "epochs_total": float(best["finetune_epochs_total"].sum()),
-        "schedule": _describe({**trial, "reset_weight": bool(trial["reset_weight"])}),
+        "schedule": _describe_row(top),
         "seconds": out.wall_s, "trials": len(best),
         "stopped": int((best["status"] == "stopped").sum()),
         "errors": out.num_errors,
@@ -250,14 +255,12 @@ def warm_start_row(out: Any) -> dict[str, Any] | None:
     if rows.empty:
         return None
     row = rows.iloc[0]
-    trial = {k: row.get(k) for k in ("generator", "pruner", "mode", "total_iteration",
-                                     "finetune_epochs", "lr", "reset_weight", "rewind", "curve_exponent")}
     return {
         "trial_id": row["trial_id"], "test_acc": float(row["test_score"]), "val_acc": float(row["score"]),
         "sparsity": float(row["sparsity"]), "macs_ratio": float(row.get("macs_ratio", float("nan"))),
         "reached_target": bool(row["reached_target"]),
         "epochs_schedule": float(row["finetune_epochs_cum"]),
-        "schedule": _describe({**trial, "reset_weight": bool(trial["reset_weight"])}),
+        "schedule": _describe_row(row),
     }
 
 
