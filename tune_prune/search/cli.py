@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Search over iterative pruning schedules with Ray Tune + Optuna. Each trial runs "
             "one task generator + pruner configuration from the cached dense baseline and "
             "reports every pruning iteration. With no arguments: a short search on digits "
-            "(8 trials of 1-5 iterations sharing 5 fine-tune epochs) on a local Ray instance."
+            "(8 trials of 1-5 iterations sharing 5 fine-tune epochs, the first a one-shot warm "
+            "start) on a local Ray instance."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -126,7 +127,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[SearchConfig, argpa
 def _fmt_table(best: Any, limit: int = 10) -> str:
     if best is None or best.empty:
         return "  (no trial reported a result)"
-    cols = ["trial_id", "status", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
+    cols = ["trial_id", "status", "warm_start", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
             "sparsity", "score", "test_score", "objective", "macs_ratio", "finetune_epochs_total"]
     cols = [c for c in cols if c in best.columns]
     view = best[cols].head(limit).copy()
