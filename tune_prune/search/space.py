@@ -135,6 +135,9 @@ def warm_start_schedule(name: str, cfg: SearchConfig) -> dict[str, Any]:
       'normal' for channels (its global ranking shifts the MACs a channel target gives);
     * ``agp``: NNI's default shape: AGP over ``max_iterations`` iterations, per-layer
       'normal' ranking, no rewinding.
+
+    With per-iteration epochs searched (``finetune_budget=None``) a preset leaves the
+    epochs to the sampler, like any key a schedule does not give.
     """
     fixed = [g for g in ("agp", "linear", "curve") if g in cfg.generators]
     pruner = cfg.allowed_pruners[0]
