@@ -77,8 +77,8 @@ MODULE = "experiments.search_vs_hand.run"
 HERE = Path(__file__).resolve().parent
 DEFAULT_TARGETS = ["w0.9", "w0.5", "w0.8", "c2x", "c3x"]
 SEARCH, RANDOM = "search (TPE)", "random search"
-#: The search's first trial alone (its ``--warm-start``, one-shot global by default): what
-#: the search adds beyond the schedule it is told to try first.
+#: The search's warm-start trial alone (``--warm-start``, one-shot global by default; with
+#: several, the best on val): what the search adds beyond the schedule it is told to try first.
 WARM = "search's warm start alone"
 AGP, LINEAR, LTH, ONESHOT = ("NNI default: AGP", "linear", "lottery ticket", "one-shot + FT")
 AGP_G, ONESHOT_G = "AGP, global ranking", "one-shot + FT, global ranking"
@@ -217,48 +217,28 @@ def run_one_search(values: dict[str, Any], random: bool = False) -> tuple[Any, d
         raise RuntimeError(f"search {out.experiment_dir} reported nothing")
     top = best.iloc[0]
     info = {
-        "test_acc": float(top["test_score"]), "val_acc": float(top["score"]),
-        "sparsity": float(top["sparsity"]),
+        **_row_summary(top),
         "weight_sparsity": float(top.get("weight_sparsity", float("nan"))),
-        "macs_ratio": float(top.get("macs_ratio", float("nan"))),
-        "reached_target": bool(top["reached_target"]),
-        # the best trial's epochs up to its best (at-target) iteration
-        "epochs_schedule": float(top["finetune_epochs_cum"]),
         "epochs_total": float(best["finetune_epochs_total"].sum()),
-        "schedule": _describe_row(top),
         "seconds": out.wall_s, "trials": len(best),
         "stopped": int((best["status"] == "stopped").sum()),
         "errors": out.num_errors,
         "experiment": str(out.experiment_dir),
     }
-    warm = warm_start_row(out)
-    if warm is not None:
-        info["warm_start"] = {**warm, "picked": warm["trial_id"] == top["trial_id"]}
+    warm = best[best["warm_start"].eq(True)]  # the column best_per_trial marks them in
+    if not warm.empty:  # best is sorted by objective: with several warm starts, the best on val
+        info["warm_start"] = {**_row_summary(warm.iloc[0]), "trial_id": warm.iloc[0]["trial_id"],
+                              "picked": warm.iloc[0]["trial_id"] == top["trial_id"]}
     return out, info
 
 
-def warm_start_row(out: Any) -> dict[str, Any] | None:
-    """Test/val accuracy and schedule of the search's first warm-start trial, if it ran one.
-
-    Optuna marks an enqueued trial with the system attribute ``fixed_params``; the trial's
-    user attribute ``tune_trial_id`` names its row in ``best_per_trial.csv``.
-    """
-    import optuna
-
-    from tune_prune.search.searcher import journal_storage
-
-    study = optuna.load_study(study_name=out.study_name, storage=journal_storage(out.experiment_dir))
-    first = next((t for t in study.trials if "fixed_params" in t.system_attrs), None)
-    if first is None:
-        return None
-    rows = out.best[out.best["trial_id"] == first.user_attrs.get("tune_trial_id")]
-    if rows.empty:
-        return None
-    row = rows.iloc[0]
+def _row_summary(row: Any) -> dict[str, Any]:
+    """Accuracies, sparsity, cost and schedule of one row of a search's ``best_per_trial``."""
     return {
-        "trial_id": row["trial_id"], "test_acc": float(row["test_score"]), "val_acc": float(row["score"]),
+        "test_acc": float(row["test_score"]), "val_acc": float(row["score"]),
         "sparsity": float(row["sparsity"]), "macs_ratio": float(row.get("macs_ratio", float("nan"))),
         "reached_target": bool(row["reached_target"]),
+        # the trial's epochs up to its best (at-target) iteration
         "epochs_schedule": float(row["finetune_epochs_cum"]),
         "schedule": _describe_row(row),
     }

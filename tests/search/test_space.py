@@ -10,9 +10,9 @@ import pytest
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.space import (
     CURVE_PARAMS,
-    WARM_START_KEYS,
     REWIND_PARAMS,
     SA_PARAMS,
+    WARM_START_KEYS,
     define_space,
     finetune_calls,
     make_sampler,
