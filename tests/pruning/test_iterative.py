@@ -22,7 +22,10 @@ from tune_prune.pruning.pruners import L1NormPruner, LevelPruner
 from tune_prune.pruning.scheduler import PruningScheduler
 from tune_prune.pruning.tools import (
     AGPTaskGenerator,
+    CurveTaskGenerator,
     FunctionBasedTaskGenerator,
+    LinearTaskGenerator,
+    LotteryTicketTaskGenerator,
     SimulatedAnnealingTaskGenerator,
     TaskGenerator,
 )
@@ -154,3 +157,62 @@ def test_iterative_pruner_is_a_scheduler(tmp_path: Path) -> None:
     assert isinstance(pruner, PruningScheduler)
     assert isinstance(pruner.task_generator, AGPTaskGenerator)
     assert pruner.task_generator.total_tasks == 2
+
+
+def dense_is_best(model: nn.Module, x: torch.Tensor):
+    """An evaluator under which every pruned weight costs score: the dense task 0 wins."""
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+    def evaluator(m: nn.Module) -> float:
+        kept = sum(int((mod.weight != 0).sum()) for mod in m.modules() if isinstance(mod, nn.Linear))
+        return kept / total
+
+    return evaluator
+
+
+@pytest.mark.parametrize("cls", [LinearPruner, AGPPruner, LotteryTicketPruner], ids=lambda c: c.__name__)
+def test_formula_pruners_return_the_latest_task_as_nni(tmp_path: Path, cls: type) -> None:
+    """NNI 2.10's formula generators pass best_result_mode='latest': the best result is
+    the model at the target even when the dense warm-up (task 0) scored higher."""
+    model, x = build("mlp"), dummy_input("mlp")
+    finetuner, _ = quick(model, x)
+    seen = []
+    pruner = cls(model, CONFIG, "l1", 3, tmp_path, False, finetuner, evaluator=dense_is_best(model, x),
+                 on_iteration=lambda r, m: seen.append(m))
+    assert pruner.task_generator.best_result_mode == "latest"
+    pruner.compress()
+    assert seen[0]["score"] > seen[-1]["score"]  # the old 'maximize' default returned task 0
+    task_id, best, masks, score, config_list = pruner.get_best_result()
+    assert task_id == seen[-1]["task_id"]
+    assert score == seen[-1]["score"]  # NNI: None; tune_prune: the latest task's score
+    assert count_params(best, masks) < count_params(model)
+    assert seen[-1]["sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m, d: AGPTaskGenerator(2, m, CONFIG, log_dir=d),
+    lambda m, d: LinearTaskGenerator(2, m, CONFIG, log_dir=d),
+    lambda m, d: LotteryTicketTaskGenerator(2, m, CONFIG, log_dir=d),
+    lambda m, d: CurveTaskGenerator(2, m, CONFIG, curve="cosine", log_dir=d),
+], ids=["agp", "linear", "lottery_ticket", "curve"])
+def test_formula_generators_in_a_scheduler_keep_the_latest(tmp_path: Path, make) -> None:
+    model, x = build("mlp"), dummy_input("mlp")
+    finetuner, _ = quick(model, x)
+    generator = make(model, tmp_path)
+    reset_weight = isinstance(generator, LotteryTicketTaskGenerator)
+    seen = []
+    scheduler = PruningScheduler(L1NormPruner(None, None), generator, finetuner=finetuner,
+                                 evaluator=dense_is_best(model, x), reset_weight=reset_weight,
+                                 on_iteration=lambda r, m: seen.append(m))
+    scheduler.compress()
+    assert scheduler.get_best_result()[0] == seen[-1]["task_id"] != seen[0]["task_id"]
+    assert max(m["score"] for m in seen) > seen[-1]["score"]
+
+
+def test_simulated_annealing_and_the_base_keep_maximize(tmp_path: Path) -> None:
+    assert inspect.signature(TaskGenerator.__init__).parameters["best_result_mode"].default == "maximize"
+    model = build("mlp")
+    generator = SimulatedAnnealingTaskGenerator(model, [{"total_sparsity": 0.5, "op_types": ["Linear"]}],
+                                                log_dir=tmp_path)
+    assert generator.best_result_mode == "maximize"
+    assert AGPTaskGenerator(2, model, CONFIG, log_dir=tmp_path, best_result_mode="maximize").best_result_mode == "maximize"

@@ -132,7 +132,8 @@ def test_relative_sparsity_after_speedup(tmp_path: Path) -> None:
 def test_best_result_modes_and_log_dir(tmp_path: Path) -> None:
     scores = {0: 0.5, 1: 0.9, 2: 0.1, 3: None}
     log_dir = tmp_path / "not" / "there"
-    gen = LinearTaskGenerator(3, tiny_model(), CONFIG, log_dir=log_dir, keep_intermediate_result=True)
+    gen = LinearTaskGenerator(3, tiny_model(), CONFIG, log_dir=log_dir, keep_intermediate_result=True,
+                              best_result_mode="maximize")
     drive(gen, score=lambda t: scores[t.task_id])
     task_id, model, masks, score, config_list = gen.get_best_result()
     assert (task_id, score) == (1, 0.9) and isinstance(model, nn.Module)

@@ -23,7 +23,8 @@ task's starting weights (NNI; by induction the original weights), or, with
 (Frankle et al. 2020, "Linear mode connectivity and the lottery ticket hypothesis").
 As in NNI the tickets are then evaluated untrained; ``retrain_ticket=True`` adds one
 final fine-tuning of the best ticket (masks held) and re-evaluates it, so the best
-result is a trained model.
+result is a trained model. The lottery-ticket generator's best ticket is its latest
+one, the ticket at the target (NNI's ``best_result_mode='latest'``).
 
 ``on_iteration(result, measurements)`` is called after every task with
 ``{task_id, iteration, total_tasks, score, sparsity, params, macs, finetune_seconds,

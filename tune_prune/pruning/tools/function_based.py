@@ -7,6 +7,13 @@ is a sparsity of the ORIGINAL model; with speedup in the loop each task asks the
 compact model only for the part not yet physically removed (``(s_i - c) / (1 - c)``,
 c measured per entry from weight counts), so the schedule never compounds past its
 target.
+
+As in NNI 2.10, a formula schedule's best result is its LATEST task
+(``best_result_mode='latest'``): the schedule exists to reach its target, so
+``get_best_result()`` returns the model at the target sparsity even when the
+unpruned warm-up task 0 scored higher. NNI returns ``score=None`` in this mode;
+tune_prune returns the latest task's score (None only without an evaluator).
+Only simulated annealing keeps ``'maximize'``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from torch import nn
 from tune_prune.errors import ConfigError
 from tune_prune.pruning.config import canonical_config_list
 
-from .base import Masks, Task, TaskGenerator, TaskResult
+from .base import BestResultMode, Masks, Task, TaskGenerator, TaskResult
 from .sparsity import compute_sparsity, relative_sparsity
 
 _logger = logging.getLogger(__name__)
@@ -37,7 +44,9 @@ def _check_total_iteration(total_iteration: Any) -> int:
 
 class FunctionBasedTaskGenerator(TaskGenerator):
     """Base of formula schedules: subclasses give :meth:`origin_sparsity` (or NNI's
-    ``generate_config_list``). Signature and defaults are NNI 2.10's."""
+    ``generate_config_list``). Signature and defaults are NNI 2.10's; the best result
+    is the latest task's (NNI's ``best_result_mode='latest'``; keyword-only
+    ``best_result_mode`` is a tune_prune extension)."""
 
     def __init__(
         self,
@@ -48,11 +57,14 @@ class FunctionBasedTaskGenerator(TaskGenerator):
         log_dir: str | Path = ".",
         keep_intermediate_result: bool = False,
         skip_first_iteration: bool = False,
+        *,
+        best_result_mode: BestResultMode = "latest",
     ) -> None:
         self.total_iteration = _check_total_iteration(total_iteration)
         self.skip_first_iteration = bool(skip_first_iteration)
         super().__init__(origin_model, origin_masks=origin_masks, origin_config_list=origin_config_list,
-                         log_dir=log_dir, keep_intermediate_result=keep_intermediate_result)
+                         log_dir=log_dir, keep_intermediate_result=keep_intermediate_result,
+                         best_result_mode=best_result_mode)
 
     def _first_iteration(self) -> int:
         return 1 if self.skip_first_iteration else 0
@@ -175,6 +187,8 @@ class CurveTaskGenerator(FunctionBasedTaskGenerator):
         log_dir: str | Path = ".",
         keep_intermediate_result: bool = False,
         skip_first_iteration: bool = False,
+        *,
+        best_result_mode: BestResultMode = "latest",
     ) -> None:
         if isinstance(curve, str) and curve not in _NAMED_CURVES:
             raise ConfigError(f"curve must be one of {', '.join(_NAMED_CURVES)} or a callable, got {curve!r}")
@@ -185,7 +199,7 @@ class CurveTaskGenerator(FunctionBasedTaskGenerator):
         self.curve = curve
         self.exponent = float(exponent)
         super().__init__(total_iteration, origin_model, origin_config_list, origin_masks, log_dir,
-                         keep_intermediate_result, skip_first_iteration)
+                         keep_intermediate_result, skip_first_iteration, best_result_mode=best_result_mode)
 
     def fraction(self, progress: float, target: float) -> float:
         """Fraction of ``target`` reached at ``progress`` (in [0, 1])."""
