@@ -6,7 +6,7 @@ Run:  ./run.sh python benchmarks/ray_overhead.py [--trials 6] [--finetune-epochs
 K identical schedules (AGP, 2 iterations, level pruner, global mode, no weight reset, a
 fixed fine-tune length and learning rate) on digits, from one cached dense baseline:
 
-(a) in-process: ``tune_prune.search.trainable.run_trial`` called directly (the trial's
+(a) in-process: ``tune_prune.search.run_schedule`` called directly (the trial's
     whole body: workload + baseline load, generator, pruner, PruningScheduler, one
     checkpoint folder per iteration), ``tune.report`` replaced by a no-op; one untimed
     warm-up run first, so imports are not counted;
@@ -44,7 +44,7 @@ import torch
 
 from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
-from tune_prune.search.runner import _fixed
+from tune_prune.search.runner import fixed_config
 from tune_prune.search.space import define_space
 
 
@@ -68,7 +68,7 @@ def make_config(cache: Path, epochs: float, baseline_epochs: float) -> dict[str,
         "lr": 0.01,
     }
     trial = define_space(optuna.trial.FixedTrial(params), cfg)
-    return {"fixed": _fixed(cfg, True), **trial}
+    return {"fixed": fixed_config(cfg, True), **trial}
 
 
 def train_baseline(config: dict[str, Any]) -> float:
@@ -86,24 +86,14 @@ def train_baseline(config: dict[str, Any]) -> float:
 
 
 def run_in_process(config: dict[str, Any], k: int) -> list[float]:
-    """Wall time of each of ``k`` direct ``run_trial`` calls (after one warm-up)."""
-    from ray import tune
-
-    reports: list[dict[str, Any]] = []
-    saved_report, saved_get = T._tune_report, tune.get_checkpoint
-    T._tune_report = lambda metrics, checkpoint=None: reports.append(metrics)
-    tune.get_checkpoint = lambda: None
-    try:
-        T.run_trial(config)  # warm-up: imports, first data load
-        times = []
-        for _ in range(k):
-            reports.clear()
-            start = time.perf_counter()
-            T.run_trial(config)
-            times.append(time.perf_counter() - start)
-            assert [r["iteration"] for r in reports] == [1, 2], reports
-    finally:
-        T._tune_report, tune.get_checkpoint = saved_report, saved_get
+    """Wall time of each of ``k`` direct ``run_schedule`` calls (after one warm-up)."""
+    T.run_schedule(config)  # warm-up: imports, first data load
+    times = []
+    for _ in range(k):
+        start = time.perf_counter()
+        reports = T.run_schedule(config)
+        times.append(time.perf_counter() - start)
+        assert [r["iteration"] for r in reports] == [1, 2], reports
     return times
 
 
@@ -231,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     per_trial_reuse = tuned["reuse"]["wall"] / k
     rows = [
         (
-            "per-trial wall time, in-process (`run_trial` direct)",
+            "per-trial wall time, in-process (`run_schedule` direct)",
             f"{mean_in:.2f} s",
             f"mean of {k}; range {min(inproc):.2f}-{max(inproc):.2f} s",
         ),

@@ -15,7 +15,7 @@ MACs by a factor N; every method's measured MACs ratio is reported, because the
 same channel sparsity gives very different MACs in 'global' or 'dependency_aware' mode.
 
 Methods (all start from the same cached dense baseline of the seed, all run through the
-search's own trainable, ``tune_prune.search.trainable.run_trial``, so pruning, fine-tuning
+search's own trainable, ``tune_prune.search.run_schedule``, so pruning, fine-tuning
 and measurement are identical; hand schedules run it in-process without Ray):
 
 * ``NNI default: AGP``: AGPTaskGenerator, 10 iterations, level (weights) / l1 (channels),
@@ -160,23 +160,11 @@ def hand_trial(method: str, kind: str, iterations: int, epochs: float, lr: float
 
 def run_hand(job: dict[str, Any]) -> dict[str, Any]:
     """One hand schedule through the search's trainable, in this process, without Ray."""
-    from ray import tune
-
-    from tune_prune.search import trainable as T
+    from tune_prune.search import run_schedule
 
     torch.set_num_threads(1)
-    rows: list[dict[str, Any]] = []
-
-    def record(metrics: dict[str, Any], checkpoint: Any = None) -> None:
-        rows.append(dict(metrics))
-
-    saved = (T._tune_report, tune.get_checkpoint)
-    T._tune_report, tune.get_checkpoint = record, (lambda: None)
     start = time.perf_counter()
-    try:
-        T.run_trial({"fixed": job["fixed"], **job["trial"]})
-    finally:
-        T._tune_report, tune.get_checkpoint = saved
+    rows = run_schedule({"fixed": job["fixed"], **job["trial"]})
     last = rows[-1]
     return {**job["key"], "test_acc": last["test_score"], "val_acc": last["score"], "sparsity": last["sparsity"],
             "weight_sparsity": last["weight_sparsity"], "macs_ratio": last["macs_ratio"],
@@ -418,7 +406,7 @@ def main(argv: list[str] | None = None) -> str:
     for seed in args.seeds:  # train missing baselines once, before the workers and trials need them
         load_or_train_baseline(workload, seed, args.cache)
 
-    from tune_prune.search.runner import _fixed
+    from tune_prune.search.runner import fixed_config
 
     # ---- hand schedules: in-process trainable calls, `workers` at a time
     jobs = []
@@ -428,7 +416,7 @@ def main(argv: list[str] | None = None) -> str:
         for seed in args.seeds:
             from tune_prune.search.config import SearchConfig
 
-            fixed = _fixed(SearchConfig.create(**base, seed=seed), True)
+            fixed = fixed_config(SearchConfig.create(**base, seed=seed), True)
             methods = list(HAND_BY_KIND[kind])
             if args.short_epochs and kind == "weights":
                 methods.append(SHORT)

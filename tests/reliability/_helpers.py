@@ -11,17 +11,17 @@ import torch
 
 
 class Recorder:
-    """Stands in for tune.report: keeps metrics and a copy of each checkpoint folder."""
+    """A run_schedule report callable: keeps metrics and a copy of each checkpoint folder."""
 
     def __init__(self, root: Path) -> None:
         self.rows: list[dict] = []
         self.ckpts: list[Path] = []
         self.root = root
 
-    def __call__(self, metrics: dict, checkpoint=None) -> None:
+    def __call__(self, metrics: dict, checkpoint_dir: Path) -> None:
         self.rows.append(dict(metrics))
         dst = self.root / f"ckpt_{len(self.rows)}"
-        shutil.copytree(checkpoint.path, dst)
+        shutil.copytree(checkpoint_dir, dst)
         self.ckpts.append(dst)
 
 

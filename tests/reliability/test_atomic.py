@@ -130,8 +130,7 @@ def test_checkpoint_crash_mid_write_keeps_previous_checkpoint(tmp_path, digits, 
     (tmp_path / "ckpts").mkdir()
     fixed = {"target_sparsity": 0.8, "sparsity_tolerance": 0.02, "higher_is_better": True}
     trial = {"generator": "agp", "pruner": "level", "mode": "normal", "finetune_epochs": 0.1}
-    reporter = T.Reporter(fixed, trial, {"score": 0.9, "params": 1.0, "macs": 1.0})
-    reporter.report_fn = rec
+    reporter = T.Reporter(fixed, trial, {"score": 0.9, "params": 1.0, "macs": 1.0}, rec)
     meas = {"score": 0.5, "sparsity": 0.4}
     reporter.report(dict(meas), None, model=_model(digits, 1), masks={})
     before = snapshot(rec.ckpts[0])

@@ -21,7 +21,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from ray import tune
 
 from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
@@ -101,10 +100,8 @@ def test_killed_worker_resumes_with_identical_masks_and_score(faulty_search, tmp
     # the same trial config, uninterrupted, in this process
     config = json.loads((trial_dir / "params.json").read_text())
     rec = Recorder(tmp_path)
-    monkeypatch.setattr(T, "_tune_report", rec)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     monkeypatch.delenv(T.FAULT_ENV, raising=False)
-    T.run_trial(config)
+    T.run_schedule(config, rec)
     assert [r["iteration"] for r in rec.rows] == list(range(1, planned + 1))
     assert raw[-1]["score"] == rec.rows[-1]["score"]
     assert raw[-1]["sparsity"] == rec.rows[-1]["sparsity"]

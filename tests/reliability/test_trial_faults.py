@@ -1,4 +1,4 @@
-"""Trial-level faults without Ray (the trial body with a recording tune.report; fast).
+"""Trial-level faults without Ray (run_schedule with a recording report; fast).
 
 * resuming from any checkpoint gives bit-identical scores and masks to an
   uninterrupted run, whatever the process's global RNG state was (per-iteration seeding
@@ -16,12 +16,11 @@ import math
 import optuna
 import pytest
 import torch
-from ray import tune
 
 from tune_prune.errors import TunePruneError, WorkloadError
 from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
-from tune_prune.search.runner import _fixed
+from tune_prune.search.runner import fixed_config
 from tune_prune.search.space import define_space
 from tune_prune.workloads.digits import DigitsWorkload
 
@@ -30,14 +29,14 @@ from .conftest import WORKLOAD_OPTIONS
 
 
 class _Killed(Recorder):
-    """Records like tune.report, then dies (KeyboardInterrupt) after ``after`` reports."""
+    """Records like Recorder, then dies (KeyboardInterrupt) after ``after`` reports."""
 
     def __init__(self, root, after: int) -> None:
         super().__init__(root)
         self.after = after
 
-    def __call__(self, metrics, checkpoint=None) -> None:
-        super().__call__(metrics, checkpoint)
+    def __call__(self, metrics, checkpoint_dir) -> None:
+        super().__call__(metrics, checkpoint_dir)
         if len(self.rows) >= self.after:
             raise KeyboardInterrupt("simulated kill")
 
@@ -48,32 +47,30 @@ def _config(cache, workload="digits", options=None, lr=0.01, n=3, **extra) -> di
     params = {"generator": "linear", "pruner": "level", "mode__level": "normal", "total_iteration": n,
               "reset_weight": False, "finetune_epochs": 0.1, "lr": lr, "rewind": "dense", **extra}
     trial = define_space(optuna.trial.FixedTrial(params), cfg)
-    return {"fixed": _fixed(cfg, True), **trial}
+    return {"fixed": fixed_config(cfg, True), **trial}
 
 
-def _run(monkeypatch, root, config, report, ckpt=None) -> None:
+def _run(root, config, report, ckpt=None) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setattr(T, "_tune_report", report)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: ckpt)
-    T.run_trial(config)
+    T.run_schedule(config, report, restore_from=ckpt)
 
 
 @pytest.mark.parametrize("kill_after", [1, 2])
-def test_resume_is_bit_identical_whatever_the_global_rng(tmp_path, rel_baseline_cache, monkeypatch,
+def test_resume_is_bit_identical_whatever_the_global_rng(tmp_path, rel_baseline_cache,
                                                          kill_after) -> None:
     config = _config(tmp_path / "noisy_cache", "tests.reliability.workloads:noisy",
                      {"baseline_epochs": 0.25})
     torch.manual_seed(123)  # the uninterrupted run starts from one global RNG state ...
     full = Recorder(tmp_path / "full")
-    _run(monkeypatch, tmp_path / "full", config, full)
+    _run(tmp_path / "full", config, full)
     torch.manual_seed(456)  # ... the killed one from another
     killed = _Killed(tmp_path / "killed", after=kill_after)
     with pytest.raises(KeyboardInterrupt):
-        _run(monkeypatch, tmp_path / "killed", config, killed)
+        _run(tmp_path / "killed", config, killed)
     torch.manual_seed(789)  # and the resumed process from a third
     resumed = Recorder(tmp_path / "resumed")
-    ckpt = tune.Checkpoint.from_directory(str(killed.ckpts[-1]))
-    _run(monkeypatch, tmp_path / "resumed", config, resumed, ckpt)
+    ckpt = killed.ckpts[-1]
+    _run(tmp_path / "resumed", config, resumed, ckpt)
     assert [r["iteration"] for r in killed.rows + resumed.rows] == [r["iteration"] for r in full.rows]
     for a, b in zip(killed.rows + resumed.rows, full.rows):
         assert a["score"] == b["score"] and a["sparsity"] == b["sparsity"], a["iteration"]
@@ -82,18 +79,18 @@ def test_resume_is_bit_identical_whatever_the_global_rng(tmp_path, rel_baseline_
 
 
 def test_ticket_trial_killed_after_last_task_still_reports_retrained_row(
-    tmp_path, rel_baseline_cache, monkeypatch
+    tmp_path, rel_baseline_cache
 ) -> None:
     config = _config(rel_baseline_cache, n=2, reset_weight=True)
     full = Recorder(tmp_path / "full")
-    _run(monkeypatch, tmp_path / "full", config, full)
+    _run(tmp_path / "full", config, full)
     assert full.rows[-1]["schedule_done"] and len(full.rows) == 3  # 2 tickets + retrained
     killed = _Killed(tmp_path / "killed", after=2)  # dies right after the last ticket's report
     with pytest.raises(KeyboardInterrupt):
-        _run(monkeypatch, tmp_path / "killed", config, killed)
+        _run(tmp_path / "killed", config, killed)
     resumed = Recorder(tmp_path / "resumed")
-    ckpt = tune.Checkpoint.from_directory(str(killed.ckpts[-1]))
-    _run(monkeypatch, tmp_path / "resumed", config, resumed, ckpt)
+    ckpt = killed.ckpts[-1]
+    _run(tmp_path / "resumed", config, resumed, ckpt)
     assert [r["iteration"] for r in resumed.rows] == [3]
     assert resumed.rows[-1]["schedule_done"]
     assert resumed.rows[-1]["score"] == full.rows[-1]["score"]
@@ -102,11 +99,11 @@ def test_ticket_trial_killed_after_last_task_still_reports_retrained_row(
 
 
 def test_diverging_finetune_raises_and_reports_nothing_non_finite(
-    tmp_path, rel_baseline_cache, monkeypatch
+    tmp_path, rel_baseline_cache
 ) -> None:
     rec = Recorder(tmp_path / "rec")
     with pytest.raises(WorkloadError, match="loss became"):
-        _run(monkeypatch, tmp_path / "rec", _config(rel_baseline_cache, lr=1e4), rec)
+        _run(tmp_path / "rec", _config(rel_baseline_cache, lr=1e5), rec)
     assert all(math.isfinite(r["score"]) for r in rec.rows)
 
 
@@ -119,7 +116,7 @@ def test_bad_score_mid_trial_raises_before_any_report(tmp_path, rel_baseline_cac
     rec = Recorder(tmp_path / "rec")
     # WorkloadError from the trial, or the scheduler's own ConfigError (NaN, non-number)
     with pytest.raises(TunePruneError, match="score=|evaluator"):
-        _run(monkeypatch, tmp_path / "rec", _config(rel_baseline_cache), rec)
+        _run(tmp_path / "rec", _config(rel_baseline_cache), rec)
     assert rec.rows == []
 
 

@@ -8,19 +8,18 @@ from pathlib import Path
 
 import optuna
 import pytest
-from ray import tune
 
 from tune_prune.search import metrics as M
 from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
-from tune_prune.search.runner import _fixed
+from tune_prune.search.runner import fixed_config
 from tune_prune.search.space import define_space
 
 from .conftest import WORKLOAD_OPTIONS
 
 
 class _Recorder:
-    """Stands in for tune.report: keeps metrics and a copy of each checkpoint folder."""
+    """A run_schedule report callable: keeps metrics and a copy of each checkpoint folder."""
 
     def __init__(self, root: Path, fail_after: int | None = None) -> None:
         self.rows: list[dict] = []
@@ -28,10 +27,10 @@ class _Recorder:
         self.root = root
         self.fail_after = fail_after
 
-    def __call__(self, metrics: dict, checkpoint=None) -> None:
+    def __call__(self, metrics: dict, checkpoint_dir: Path) -> None:
         self.rows.append(dict(metrics))
         dst = self.root / f"ckpt_{len(self.rows)}"
-        shutil.copytree(checkpoint.path, dst)
+        shutil.copytree(checkpoint_dir, dst)
         self.ckpts.append(dst)
         if self.fail_after is not None and len(self.rows) >= self.fail_after:
             raise KeyboardInterrupt("simulated kill")
@@ -43,14 +42,12 @@ def _config(cache: Path, generator: str = "agp", n: int = 2, **extra: object) ->
     params = {"generator": generator, "pruner": "level", "mode__level": "global", "total_iteration": n,
               "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.01, "rewind": "dense", **extra}
     trial = define_space(optuna.trial.FixedTrial(params), cfg)
-    return {"fixed": _fixed(cfg, True), **trial}
+    return {"fixed": fixed_config(cfg, True), **trial}
 
 
-def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache, monkeypatch) -> None:
+def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache) -> None:
     rec = _Recorder(tmp_path)
-    monkeypatch.setattr(T, "_tune_report", rec)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    T.run_trial(_config(baseline_cache, "agp", 2))
+    T.run_schedule(_config(baseline_cache, "agp", 2), rec)
     assert [r["iteration"] for r in rec.rows] == [1, 2]
     assert [r[M.SCHEDULE_DONE] for r in rec.rows] == [False, True]
     last = rec.rows[-1]
@@ -65,21 +62,15 @@ def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache, monke
         assert (ck / T.RESULT_DIR / "model_state_dict.pth").exists()
 
 
-def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache, monkeypatch) -> None:
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache) -> None:
     full = _Recorder(tmp_path / "full")
-    monkeypatch.setattr(T, "_tune_report", full)
-    T.run_trial(_config(baseline_cache, "linear", 3))
+    T.run_schedule(_config(baseline_cache, "linear", 3), full)
 
     killed = _Recorder(tmp_path / "killed", fail_after=1)
-    monkeypatch.setattr(T, "_tune_report", killed)
     with pytest.raises(KeyboardInterrupt):
-        T.run_trial(_config(baseline_cache, "linear", 3))
+        T.run_schedule(_config(baseline_cache, "linear", 3), killed)
     resumed = _Recorder(tmp_path / "resumed")
-    monkeypatch.setattr(T, "_tune_report", resumed)
-    ckpt = tune.Checkpoint.from_directory(str(killed.ckpts[-1]))
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: ckpt)
-    T.run_trial(_config(baseline_cache, "linear", 3))
+    T.run_schedule(_config(baseline_cache, "linear", 3), resumed, restore_from=killed.ckpts[-1])
     assert [r["iteration"] for r in resumed.rows] == [2, 3]
     assert resumed.rows[-1]["finetune_epochs_cum"] == full.rows[-1]["finetune_epochs_cum"]
     assert resumed.rows[-1]["sparsity"] == pytest.approx(full.rows[-1]["sparsity"])
@@ -87,16 +78,14 @@ def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache, monkeypa
 
 
 @pytest.mark.parametrize("generator", ["agp", "lottery_ticket"])
-def test_test_score_is_the_reported_model_on_the_test_split(tmp_path, baseline_cache, monkeypatch,
+def test_test_score_is_the_reported_model_on_the_test_split(tmp_path, baseline_cache,
                                                             generator) -> None:
     """test_score belongs to the very model stored with the row, scored on 'test' (not 'val')."""
     from tune_prune.pruning.masks import unwrap_model, wrap_model
     from tune_prune.workloads import get_workload
 
     rec = _Recorder(tmp_path)
-    monkeypatch.setattr(T, "_tune_report", rec)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    T.run_trial(_config(baseline_cache, generator, 2))
+    T.run_schedule(_config(baseline_cache, generator, 2), rec)
     workload = get_workload("digits", **WORKLOAD_OPTIONS)
     for row, ck in zip(rec.rows, rec.ckpts):
         result = T.load_result(ck / T.RESULT_DIR, workload)
@@ -110,21 +99,17 @@ def test_test_score_is_the_reported_model_on_the_test_split(tmp_path, baseline_c
     assert any(r["test_score"] != r["score"] for r in rec.rows)
 
 
-def test_test_split_none_reports_nan(tmp_path, baseline_cache, monkeypatch) -> None:
+def test_test_split_none_reports_nan(tmp_path, baseline_cache) -> None:
     rec = _Recorder(tmp_path)
-    monkeypatch.setattr(T, "_tune_report", rec)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     config = _config(baseline_cache, "agp", 1)
     config["fixed"]["test_split"] = None
-    T.run_trial(config)
+    T.run_schedule(config, rec)
     assert len(rec.rows) == 1 and math.isnan(rec.rows[0]["test_score"])
 
 
-def test_lottery_ticket_final_row_is_retrained_at_target(tmp_path, baseline_cache, monkeypatch) -> None:
+def test_lottery_ticket_final_row_is_retrained_at_target(tmp_path, baseline_cache) -> None:
     rec = _Recorder(tmp_path)
-    monkeypatch.setattr(T, "_tune_report", rec)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
-    T.run_trial(_config(baseline_cache, "lottery_ticket", 2))
+    T.run_schedule(_config(baseline_cache, "lottery_ticket", 2), rec)
     assert len(rec.rows) == 3  # two tickets + the retrained last ticket
     assert [r["es_comparable"] for r in rec.rows] == [False] * 3
     last = rec.rows[-1]

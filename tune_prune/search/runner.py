@@ -117,8 +117,8 @@ def _dashboard_url() -> str | None:
         return None
 
 
-def _fixed(cfg: SearchConfig, higher_is_better: bool) -> dict[str, Any]:
-    """Search-wide settings every trial gets (merged by Tune with the Optuna suggestions)."""
+def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, Any]:
+    """Search-wide settings every trial gets: ``{"fixed": fixed_config(cfg), **trial}`` is a trial config."""
     return {
         "workload": cfg.workload,
         "workload_options": dict(cfg.workload_options),
@@ -376,7 +376,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
             )
             tuner = tune.Tuner(
                 trainable,
-                param_space={"fixed": _fixed(cfg, higher)},
+                param_space={"fixed": fixed_config(cfg, higher)},
                 tune_config=tune.TuneConfig(
                     # deterministic: synchronous batches, so each suggestion sees the
                     # same finished trials whatever order they finished in

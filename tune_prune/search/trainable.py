@@ -1,4 +1,11 @@
-"""The Ray Tune function trainable: one trial = one pruning schedule, one report per iteration.
+"""One pruning schedule, one report per iteration: :func:`run_schedule` and its Tune adapter.
+
+:func:`run_schedule` runs a trial config (``{"fixed": {...search-wide...}, **trial}``)
+on its workload with no Ray: reporting is a plain ``report(metrics, checkpoint_dir)``
+callable and resuming a plain directory. :func:`run_trial` is the Ray Tune function
+trainable: it only turns ``tune.get_checkpoint()`` into that directory and the folder
+into a ``tune.Checkpoint`` for ``tune.report``. Experiments, benchmarks and tests call
+:func:`run_schedule` directly.
 
 Every trial starts from the same cached dense baseline (trained once by the driver
 before the search; a trial only loads it), builds the generator + pruner +
@@ -48,6 +55,9 @@ from ray.tune.trainable.function_trainable import wrap_function
 
 from tune_prune.search import metrics as M
 
+#: ``report(metrics, checkpoint_dir)``: the folder is valid only during the call (copy it to keep it).
+Report = Callable[[dict[str, Any], Path], None]
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.json"
@@ -71,13 +81,14 @@ class TrialCounters:
 class Reporter:
     """Turns one iteration's measurements into Tune metrics + a checkpoint and reports them."""
 
-    def __init__(self, fixed: dict[str, Any], trial: dict[str, Any], dense: dict[str, float]) -> None:
+    def __init__(self, fixed: dict[str, Any], trial: dict[str, Any], dense: dict[str, float],
+                 report: Report) -> None:
         self.fixed = fixed
         self.trial = trial
         self.dense = dense
         self.counters = TrialCounters()
         self.higher_is_better = bool(fixed.get("higher_is_better", True))
-        self.report_fn: Callable[..., None] = _tune_report
+        self.report_fn = report
 
     def restore(self, checkpoint_dir: str | Path) -> None:
         path = Path(checkpoint_dir) / STATE_FILE
@@ -162,7 +173,7 @@ class Reporter:
             if model is not None:
                 save_pruned(tmp / RESULT_DIR, model, masks or {}, {**self.trial, **result})
             (tmp / STATE_FILE).write_text(json.dumps(asdict(self.counters)))
-            self.report_fn(result, checkpoint=tune.Checkpoint.from_directory(str(tmp)))
+            self.report_fn(result, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return result
@@ -250,11 +261,6 @@ def load_result(directory: Path, workload: Any) -> Any:
                                  task_id=files.meta.get("task_id", "restored"))
 
 
-def _tune_report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
-    """tune.report; a module-level indirection so tests can run a trial body without Ray."""
-    tune.report(metrics, checkpoint=checkpoint)
-
-
 def _number(value: Any) -> float:
     """A float metric; NaN when the scheduler could not measure it (None)."""
     return math.nan if value is None else float(value)
@@ -303,25 +309,54 @@ def _actor_id() -> str:
 # ----------------------------------------------------------------------------- the body
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune entry point: ``config = {"fixed": {...search-wide...}, **trial suggestions}``."""
+def run_schedule(
+    config: dict[str, Any], report: Report | None = None, restore_from: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Run one schedule (a trial config) on its workload, in this process, without Ray.
+
+    ``config = {"fixed": fixed_config(search_config), **trial}`` (the trial keys are
+    :func:`tune_prune.search.space.define_space`'s normalised config). ``report(metrics,
+    checkpoint_dir)`` is called after every iteration; ``restore_from`` is a checkpoint
+    folder a report produced, to continue after it. Returns every reported metrics dict.
+    """
     fixed = config["fixed"]
     trial = {k: v for k, v in config.items() if k != "fixed"}
-    cpus = max(1, int(fixed.get("cpus_per_trial", 1)))
+    rows: list[dict[str, Any]] = []
+
+    def collect(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+        rows.append(dict(metrics))
+        if report is not None:
+            report(metrics, checkpoint_dir)
+
+    restore = Path(restore_from) if restore_from is not None else None
+    if fixed.get("dry_run"):
+        _simulate(fixed, trial, restore, collect)
+    else:
+        _prune(fixed, trial, restore, collect)
+    return rows
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Ray Tune entry point: :func:`run_schedule` with Tune's checkpoint and report."""
     try:
         import torch
 
-        torch.set_num_threads(cpus)
+        torch.set_num_threads(max(1, int(config["fixed"].get("cpus_per_trial", 1))))
     except Exception:  # noqa: BLE001
         pass
+
+    def report(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
     checkpoint = tune.get_checkpoint()
-    if fixed.get("dry_run"):
-        _simulate(fixed, trial, checkpoint)
-    else:
-        _prune(fixed, trial, checkpoint)
+    if checkpoint is None:
+        run_schedule(config, report)
+        return
+    with checkpoint.as_directory() as restore_from:
+        run_schedule(config, report, restore_from)
 
 
-def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> None:
+def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, report: Report) -> None:
     import copy
 
     from tune_prune.pruning.measure import count_macs, count_params
@@ -342,7 +377,7 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
         "params": float(count_params(model)),
         "macs": float(count_macs(model, dummy)),
     }
-    reporter = Reporter(fixed, trial, dense)
+    reporter = Reporter(fixed, trial, dense, report)
     config_list = build.make_config_list(
         fixed["sparsity_kind"], trial["mode"], float(fixed["target_sparsity"]), trial["generator"]
     )
@@ -379,13 +414,12 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> Non
     )
     holder["scheduler"] = scheduler
     restored_last: Any = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            reporter.restore(d)
-            if (Path(d) / SCHEDULER_DIR).exists():
-                scheduler.load_state(str(Path(d) / SCHEDULER_DIR))
-            if reset_weight and (Path(d) / RESULT_DIR).is_dir():
-                restored_last = load_result(Path(d) / RESULT_DIR, workload)
+    if restore is not None:
+        reporter.restore(restore)
+        if (restore / SCHEDULER_DIR).exists():
+            scheduler.load_state(str(restore / SCHEDULER_DIR))
+        if reset_weight and (restore / RESULT_DIR).is_dir():
+            restored_last = load_result(restore / RESULT_DIR, workload)
     # After load_state (which restores the RNGs saved at the report): both paths seed alike.
     seed_iteration(seed, reporter.counters.iteration)
     try:
@@ -428,9 +462,10 @@ def _retrain_last_ticket(
 ) -> None:
     """Fine-tune the last ticket (the one at the target) once, masks held, and report it.
 
-    The scheduler evaluates tickets untrained (NNI's lottery-ticket order) and its own
-    ``retrain_ticket`` retrains the best-scoring ticket, which is the least pruned one;
-    the search needs the ticket at the target sparsity, trained like every other schedule.
+    The scheduler evaluates tickets untrained (NNI's lottery-ticket order); the search
+    needs the ticket at the target sparsity trained like every other schedule and
+    reported as a step of its own (the scheduler's ``retrain_ticket`` retrains the same,
+    latest ticket but reports no step).
     """
     import copy
 
@@ -460,7 +495,7 @@ def _retrain_last_ticket(
                     planned=reporter.counters.iteration + 1, model=model, masks=masks)
 
 
-def _simulate(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> None:
+def _simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, report: Report) -> None:
     """dry_run body: the trial's schedule shape with a synthetic accuracy curve, no training.
 
     Deterministic in the trial config; exercises reporting, checkpoints, early stopping
@@ -474,10 +509,9 @@ def _simulate(fixed: dict[str, Any], trial: dict[str, Any], checkpoint: Any) -> 
     h = int(hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
     quality = (h % 1000) / 1000.0  # per-config luck
     dense = {"score": 0.97, "params": 1e5, "macs": 1e6}
-    reporter = Reporter(fixed, trial, dense)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            reporter.restore(d)
+    reporter = Reporter(fixed, trial, dense, report)
+    if restore is not None:
+        reporter.restore(restore)
     delay = float(fixed.get("dry_run_delay_s", 0.0))
     for i in range(reporter.counters.iteration + 1, n + 1):
         p = i / n
