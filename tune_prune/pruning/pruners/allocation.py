@@ -21,6 +21,25 @@ Counting rules (NNI 2.10):
 - balance: every bank (block of ``balance_gran`` aligned to the last dims) prunes
   ``int(s * bank_size)`` elements.
 - dependency-aware: coupled channels share one summed metric and one decision.
+
+Element-wise layer-adaptive allocations (LevelPruner only; like global, one
+allocation per config entry, so a ``sparsity`` entry, which resolves to one entry
+per layer, is a one-layer allocation: that layer prunes ``int(s * n)`` of its
+smallest metrics, at most ``int(cap * n)``, exactly as global mode does):
+
+- lamp (Lee et al. 2021): per layer, the surviving weights sorted by ``w**2``
+  ascending score ``w_u**2 / sum_{v >= u in that order} w_v**2`` (the layer's largest
+  scores exactly 1); previously pruned weights carry ``-inf``. The scores then go
+  through the global rule above (element counting, caps, stable ties; ties inside a
+  layer follow the magnitude order).
+- erk (Evci et al. 2020): layer ``l`` keeps ``eps * sum(shape_l)`` elements (density
+  ``eps * sum(shape)/prod(shape)``), ``eps`` solved so that the entry keeps
+  ``total - int(total_sparsity * total)`` elements, each layer clipped to
+  ``[n - int(cap * n), survivors]`` (the upper bound makes a layer dense when its
+  density would exceed 1 and never un-prunes; the lower bound is the cap; a clipped
+  layer's share goes to the others, as in the standard iterative re-solve). The real
+  counts are rounded by largest remainder so the entry's total is exact; each layer
+  then keeps its largest metrics.
 """
 
 from __future__ import annotations
@@ -90,7 +109,9 @@ def global_allocation(
         return keeps
     values, sizes, owners, positions = [], [], [], []
     for i, name in enumerate(names):
-        flat = metrics[name].reshape(-1).float().cpu()
+        flat = metrics[name].reshape(-1).cpu()
+        if flat.dtype != torch.float64:  # LAMP scores stay in double precision
+            flat = flat.float()
         n = flat.numel()
         protected = keep_topk(flat, num_pruned(caps[name], n))
         cand = (~protected).nonzero().flatten()
@@ -117,6 +138,135 @@ def global_allocation(
         flat = keeps[name].view(-1)
         flat[position[owner == i].to(flat.device)] = False
     return keeps
+
+
+def lamp_scores(metric: Tensor) -> Tensor:
+    """LAMP score of every element (float64, the metric's shape); ``-inf`` stays ``-inf``.
+
+    ``metric`` is the element magnitude ``|w|`` (``-inf`` for previously pruned
+    elements, which take no part in the sums). The surviving elements sorted by
+    ``w**2`` ascending (stable) score ``w_u**2 / sum of w_v**2 for u and every element
+    after it``; the largest survivor scores exactly 1 (also when all survivors are 0).
+    """
+    order, scores = _lamp_sorted(metric)
+    out = torch.empty_like(scores)
+    out[order] = scores
+    return out.view(metric.shape)
+
+
+def _lamp_sorted(metric: Tensor) -> tuple[Tensor, Tensor]:
+    """``(order, scores)``: flat indices in ascending magnitude and their LAMP scores."""
+    flat = metric.detach().reshape(-1).to(torch.float64).cpu()
+    order = torch.sort(flat, stable=True).indices
+    ranked = flat[order]
+    alive = ranked != float("-inf")
+    square = torch.where(alive, ranked * ranked, torch.zeros_like(ranked))
+    suffix = torch.flip(torch.cumsum(torch.flip(square, [0]), 0), [0])
+    scores = torch.where(
+        suffix > 0, square / suffix.clamp_min(torch.finfo(torch.float64).tiny), 0.0
+    )
+    if scores.numel():
+        scores = torch.cummax(scores, 0).values  # monotone in magnitude despite rounding
+        if bool(alive.any()):
+            scores[-1] = 1.0  # the pruned carry -inf and sort first: the last is the top
+    scores = torch.where(alive, scores, float("-inf"))
+    return order, scores
+
+
+def lamp_allocation(
+    metrics: Mapping[str, Tensor], total_sparsity: float, caps: Mapping[str, float]
+) -> dict[str, Tensor]:
+    """Global ranking of LAMP scores over the layers of one entry (element units).
+
+    Each layer's scores are handed to :func:`global_allocation` in ascending magnitude
+    order, so that its stable tie-break never keeps a smaller weight of a layer over a
+    larger one; the keep masks are then put back in the weights' layout.
+    """
+    orders, ranked = {}, {}
+    for name, metric in metrics.items():
+        orders[name], ranked[name] = _lamp_sorted(metric)
+    sorted_keeps = global_allocation(ranked, {n: 1 for n in metrics}, total_sparsity, caps)
+    keeps = {}
+    for name, metric in metrics.items():
+        keep = torch.empty(metric.numel(), dtype=torch.bool)
+        keep[orders[name]] = sorted_keeps[name].cpu()
+        keeps[name] = keep.view(metric.shape).to(metric.device)
+    return keeps
+
+
+def erk_kept(
+    shapes: Mapping[str, Sequence[int]],
+    total_sparsity: float,
+    caps: Mapping[str, float],
+    pruned_before: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """ERK's number of elements each layer keeps (see the module docstring).
+
+    Layer ``l`` keeps ``clip(eps * sum(shape_l), lo_l, hi_l)`` with
+    ``lo_l = n_l - int(cap_l * n_l)`` and ``hi_l = n_l - pruned_before_l``; ``eps`` is
+    solved exactly (the kept total is piecewise linear in ``eps``) for
+    ``total - int(total_sparsity * total)`` kept elements, then rounded by largest
+    remainder. Where the bounds make the target impossible the layers stay at the
+    nearest bound (already pruned: nothing more; caps: the total is left short).
+    """
+    names = list(shapes)
+    pruned_before = pruned_before or {}
+    n = [math.prod(shapes[x]) for x in names]
+    total = sum(n)
+    goal = total - int(total_sparsity * total)
+    hi = [k - min(k, max(0, int(pruned_before.get(x, 0)))) for x, k in zip(names, n)]
+    lo = [min(k - num_pruned(caps[x], k), h) for x, k, h in zip(names, n, hi)]
+    if goal >= sum(hi) or not names:
+        return dict(zip(names, hi))
+    if goal <= sum(lo):
+        if goal < sum(lo):
+            logger.info(
+                "erk allocation: per-layer caps allow only %d of %d elements to be pruned",
+                total - sum(lo),
+                total - goal,
+            )
+        return dict(zip(names, lo))
+    weight = torch.tensor([float(max(1, sum(shapes[x]))) for x in names], dtype=torch.float64)
+    low = torch.tensor(lo, dtype=torch.float64)
+    high = torch.tensor(hi, dtype=torch.float64)
+
+    def kept(eps: Tensor) -> Tensor:  # eps: (k,) -> kept total at each eps
+        per = eps[:, None] * weight[None, :]
+        return torch.minimum(torch.maximum(per, low), high).sum(1)
+
+    points = torch.unique(
+        torch.cat([low / weight, high / weight, torch.zeros(1, dtype=torch.float64)])
+    )
+    values = kept(points)
+    j = int(torch.searchsorted(values, torch.tensor([float(goal)], dtype=torch.float64)).item())
+    j = min(max(j, 1), points.numel() - 1)
+    a, b = float(points[j - 1]), float(points[j])
+    fa, fb = float(values[j - 1]), float(values[j])
+    eps = a if fb <= fa else a + (goal - fa) * (b - a) / (fb - fa)
+    real = torch.minimum(torch.maximum(eps * weight, low), high).tolist()
+    counts = [min(max(int(math.floor(r)), lo_), hi_) for r, lo_, hi_ in zip(real, lo, hi)]
+    frac = [r - c for r, c in zip(real, counts)]
+    while sum(counts) != goal:  # largest remainder; ties: the earlier layer
+        up = sum(counts) < goal
+        cand = [i for i in range(len(names)) if (counts[i] < hi[i] if up else counts[i] > lo[i])]
+        i = max(cand, key=lambda i: (frac[i] if up else -frac[i], -i))
+        counts[i] += 1 if up else -1
+        frac[i] -= 1.0 if up else -1.0
+    return dict(zip(names, counts))
+
+
+def erk_allocation(
+    metrics: Mapping[str, Tensor], total_sparsity: float, caps: Mapping[str, float]
+) -> dict[str, Tensor]:
+    """Erdos-Renyi-Kernel allocation over the layers of one entry (element units).
+
+    ``metrics`` are weight-shaped (``-inf`` marks previously pruned elements, which
+    count toward the target); each layer keeps its ``erk_kept`` largest metrics.
+    """
+    shapes = {name: tuple(m.shape) for name, m in metrics.items()}
+    before = {name: int((m == float("-inf")).sum()) for name, m in metrics.items()}
+    counts = erk_kept(shapes, total_sparsity, caps, before)
+    return {name: keep_topk(m, m.numel() - counts[name]) for name, m in metrics.items()}
 
 
 def _check_gran(name: str, shape: Sequence[int], gran: Sequence[int]) -> None:

@@ -16,12 +16,17 @@ class LevelPruner(Pruner):
     """Prune the smallest-magnitude weight elements of every selected layer.
 
     Modes: ``normal`` (per layer), ``global`` (one ranking per ``total_sparsity``
-    entry) and ``balance`` (``balance_gran=[k, ...]`` aligned to the weight's last
-    dims: every bank prunes ``int(sparsity * bank_size)`` elements). Only weights are
-    masked (no bias mask), as in NNI.
+    entry), ``balance`` (``balance_gran=[k, ...]`` aligned to the weight's last
+    dims: every bank prunes ``int(sparsity * bank_size)`` elements), and two
+    layer-wise allocations per ``total_sparsity`` entry, beyond NNI: ``lamp`` (one
+    ranking of LAMP scores) and ``erk`` (Erdos-Renyi-Kernel densities, then each
+    layer's smallest ``|w|``); see :mod:`~tune_prune.pruning.pruners.allocation`.
+    Like ``global``, they treat a per-layer ``sparsity`` entry as a one-layer entry
+    (the layer prunes ``int(s * n)`` smallest ``|w|``, capped at 0.99 by default).
+    Only weights are masked (no bias mask), as in NNI.
     """
 
-    modes = ("normal", "global", "balance")
+    modes = ("normal", "global", "balance", "lamp", "erk")
     channel_wise = False
 
     def __init__(
@@ -53,6 +58,15 @@ class LevelPruner(Pruner):
         return self._masked(name, module).abs()
 
     def _allocate(self, model: nn.Module, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.mode in ("lamp", "erk"):
+            allocate = (
+                allocation.lamp_allocation if self.mode == "lamp" else allocation.erk_allocation
+            )
+            keeps: dict[str, Tensor] = {}
+            for entry in self._entries:
+                sub = {n: metrics[n] for n in entry.module_names}
+                keeps.update(allocate(sub, entry.total_sparsity, {n: entry.cap(n) for n in sub}))
+            return keeps
         if self.mode != "balance":
             return super()._allocate(model, metrics)
         assert self.balance_gran is not None
