@@ -35,7 +35,7 @@ def test_user_factory() -> None:
 @pytest.mark.parametrize(
     ("spec", "pattern"),
     [
-        ("imagenet", r"unknown workload 'imagenet'.*\['cifar10', 'digits'\]"),
+        ("imagenet", r"unknown workload 'imagenet'.*\['cifar10', 'digits', 'mnist1d'\]"),
         ("", "non-empty"),
         ("tests.workloads.no_such_module:make", "cannot import module 'tests.workloads.no_such"),
         ("tests.workloads.fake_factory:missing", "no attribute 'missing'"),

@@ -1,8 +1,9 @@
 """Workloads (data + model + training) and the registry the search resolves names with.
 
-``get_workload("digits")``, ``get_workload("cifar10", data_dir=...)`` or, for a user
-workload, an explicit ``"package.module:factory"``: code is imported only when the
-spec names it, never discovered implicitly.
+``get_workload("digits")``, ``get_workload("mnist1d")``,
+``get_workload("cifar10", data_dir=...)`` or, for a user workload, an explicit
+``"package.module:factory"``: code is imported only when the spec names it, never
+discovered implicitly.
 """
 
 from __future__ import annotations
@@ -32,14 +33,24 @@ def _digits(**overrides: Any) -> Workload:
     return DigitsWorkload(**overrides)
 
 
+def _mnist1d(**overrides: Any) -> Workload:
+    from tune_prune.workloads.mnist1d import Mnist1dWorkload
+
+    return Mnist1dWorkload(**overrides)
+
+
 def _cifar10(**overrides: Any) -> Workload:
     from tune_prune.workloads.cifar import Cifar10Workload
 
     return Cifar10Workload(**overrides)
 
 
-#: Built-in names; imported lazily so using digits never touches the CIFAR module.
-BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {"digits": _digits, "cifar10": _cifar10}
+#: Built-in names; imported lazily so using digits never touches the CIFAR or MNIST-1D module.
+BUILTIN_WORKLOADS: dict[str, Callable[..., Workload]] = {
+    "digits": _digits,
+    "mnist1d": _mnist1d,
+    "cifar10": _cifar10,
+}
 
 
 def get_workload(spec: str, **overrides: Any) -> Workload:

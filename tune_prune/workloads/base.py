@@ -36,7 +36,15 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+#: "select" is optional: a second held-out split a screened search picks its finalists on.
+SPLITS = ("train", "val", "test", "select")
+
+#: Names ``finetune(..., lr_schedule=...)`` and ``finetuner(..., lr_schedule=...)`` accept
+#: (None means the config's own ``lr_schedule``). See :meth:`ClassificationWorkload.finetune`:
+#: "cosine" anneals ``lr`` to 0 over the call, "constant" keeps ``lr``, and "rewind" is
+#: learning-rate rewinding (Renda, Frankle & Carbin, ICLR 2020): replay the lrs of the
+#: dense baseline's last epochs and ignore ``lr``.
+LR_SCHEDULES = ("cosine", "constant", "rewind")
 
 Batch = tuple[Tensor, Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -100,6 +108,30 @@ def _check_lr(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
+
+
+def _check_lr_schedule(value: Any) -> None:
+    """None (the config's schedule) or one of LR_SCHEDULES, else ConfigError."""
+    if value is not None and (not isinstance(value, str) or value not in LR_SCHEDULES):
+        raise ConfigError(
+            f"lr_schedule must be one of {list(LR_SCHEDULES)} (or None for the "
+            f"workload config's schedule), got {value!r}"
+        )
+
+
+def _accepts_keyword(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` takes keyword ``name`` (True when its signature cannot be read)."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )
 
 
 def finite_real(value: Any) -> float | None:
@@ -172,6 +204,9 @@ class Workload(ABC):
     Subclasses set ``name`` and ``config`` (a dataclass; it keys the baseline cache)
     and implement the abstract methods. ``finetune`` must build its optimizer inside:
     after physical channel removal an optimizer built earlier holds stale tensors.
+    ``finetune`` may leave out the ``lr_schedule`` keyword: :class:`Finetuner` passes it
+    only when a schedule was asked for (not None), so such a workload works as before
+    and only a search that chooses the schedule needs it.
     """
 
     name: ClassVar[str] = "workload"
@@ -195,8 +230,20 @@ class Workload(ABC):
         """A batch of 1-2 inputs on ``self.device`` for tracing (dependency graph, speedup)."""
 
     @abstractmethod
-    def finetune(self, model: nn.Module, epochs: float, lr: float, seed: int) -> dict[str, Any]:
-        """Train ``model`` in place with a fresh optimizer; raise WorkloadError on NaN/inf."""
+    def finetune(
+        self,
+        model: nn.Module,
+        epochs: float,
+        lr: float,
+        seed: int,
+        lr_schedule: str | None = None,
+    ) -> dict[str, Any]:
+        """Train ``model`` in place with a fresh optimizer; raise WorkloadError on NaN/inf.
+
+        ``lr_schedule`` is one of :data:`LR_SCHEDULES`, or None for the workload's
+        default. Optional for subclasses: one whose ``finetune`` does not take it still
+        works with ``finetuner(..., lr_schedule=None)`` (the default).
+        """
 
     @abstractmethod
     def evaluate(self, model: nn.Module, split: str = "val") -> float:
@@ -250,12 +297,31 @@ class Workload(ABC):
         self.finetune(model, self.baseline_epochs, self.baseline_lr, seed)
         return model
 
-    def finetuner(self, epochs: float, lr: float | None = None, seed: int = 0) -> Finetuner:
-        """Plain ``f(model)`` for ``PruningScheduler(finetuner=...)``; same seed on every call."""
+    def finetuner(
+        self,
+        epochs: float,
+        lr: float | None = None,
+        seed: int = 0,
+        lr_schedule: str | None = None,
+    ) -> Finetuner:
+        """Plain ``f(model)`` for ``PruningScheduler(finetuner=...)``; same seed on every call.
+
+        ``lr_schedule`` (one of :data:`LR_SCHEDULES`; None = the workload's default) is
+        passed to ``finetune`` only when it is not None, so a subclass whose ``finetune``
+        lacks that parameter keeps working; asking such a workload for a schedule raises
+        ConfigError here rather than a TypeError mid-search.
+        """
         _check_epochs("epochs", epochs)
         lr = float(getattr(self.config, "finetune_lr", 0.01)) if lr is None else lr
         _check_lr("lr", lr)
-        return Finetuner(self, float(epochs), float(lr), int(seed))
+        _check_lr_schedule(lr_schedule)
+        if lr_schedule is not None and not _accepts_keyword(self.finetune, "lr_schedule"):
+            raise ConfigError(
+                f"lr_schedule={lr_schedule!r} was asked for, but workload "
+                f"{getattr(self, 'name', type(self).__name__)!r} ({type(self).__qualname__}) "
+                f"has a finetune() without an lr_schedule parameter; leave lr_schedule=None"
+            )
+        return Finetuner(self, float(epochs), float(lr), int(seed), lr_schedule=lr_schedule)
 
     def evaluator(self, split: str = "val") -> Evaluator:
         """Plain ``f(model) -> float`` for ``PruningScheduler(evaluator=...)``."""
@@ -272,9 +338,13 @@ class Finetuner:
     lr: float
     seed: int = 0
     last_stats: dict[str, Any] | None = None
+    #: None: the workload's default schedule, and ``finetune`` is called without the
+    #: keyword (so workloads whose ``finetune`` lacks it keep working).
+    lr_schedule: str | None = None
 
     def __call__(self, model: nn.Module) -> None:
-        self.last_stats = self.workload.finetune(model, self.epochs, self.lr, self.seed)
+        kwargs = {} if self.lr_schedule is None else {"lr_schedule": self.lr_schedule}
+        self.last_stats = self.workload.finetune(model, self.epochs, self.lr, self.seed, **kwargs)
 
 
 @dataclass
@@ -344,19 +414,43 @@ class ClassificationWorkload(Workload):
             x[:2], torch.zeros(2, dtype=torch.long), False, torch.Generator()
         )[0]
 
-    def finetune(self, model: nn.Module, epochs: float, lr: float, seed: int = 0) -> dict[str, Any]:
+    def finetune(
+        self,
+        model: nn.Module,
+        epochs: float,
+        lr: float,
+        seed: int = 0,
+        lr_schedule: str | None = None,
+    ) -> dict[str, Any]:
         """SGD(momentum, weight decay) with a fresh optimizer; fractional epochs allowed.
 
-        ``epochs=0.5`` runs half an epoch's steps. Raises WorkloadError naming the epoch
-        when the loss turns NaN/inf (the model is left in that diverged state).
+        ``epochs=0.5`` runs half an epoch's steps (K = round(epochs * steps_per_epoch())
+        optimizer steps). Raises WorkloadError naming the epoch when the loss turns
+        NaN/inf (the model is left in that diverged state).
+
+        ``lr_schedule`` (None = ``config.lr_schedule``, the unchanged default):
+
+        * ``"cosine"``: anneal from ``lr`` to 0 over this call's K steps (per step).
+        * ``"constant"``: ``lr`` at every step.
+        * ``"rewind"``: learning-rate rewinding (Renda, Frankle & Carbin 2020): step k
+          of K uses the lr the dense baseline (``train_baseline``: ``baseline_epochs``
+          at ``baseline_lr`` under ``config.lr_schedule``) used at its step
+          E - K + k, E being its step count; see :meth:`rewind_lrs`, which also
+          says what happens when K > E. ``lr`` is ignored (still validated).
         """
         _check_epochs("epochs", epochs)
         _check_lr("lr", lr)
+        _check_lr_schedule(lr_schedule)
         cfg = self.config
+        schedule_name = cfg.lr_schedule if lr_schedule is None else lr_schedule
         spe = self.steps_per_epoch()
         total = int(round(epochs * spe))
         if total == 0:
             return {"epochs": 0.0, "steps": 0, "final_loss": float("nan"), "seconds": 0.0}
+        rewind = None
+        if schedule_name == "rewind":
+            rewind = self.rewind_lrs(total)
+            lr = rewind[0]
         model.to(self.device)
         was_training = model.training
         model.train()
@@ -368,7 +462,7 @@ class ClassificationWorkload(Workload):
             nesterov=cfg.momentum > 0,
         )
         schedule = None
-        if cfg.lr_schedule == "cosine":
+        if schedule_name == "cosine":
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         criterion = self.criterion
         generator = torch.Generator().manual_seed(seed)
@@ -382,6 +476,9 @@ class ClassificationWorkload(Workload):
                 optimizer.zero_grad(set_to_none=True)
                 loss = criterion(model(x), y)
                 loss.backward()
+                if rewind is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = rewind[step]
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
@@ -400,6 +497,44 @@ class ClassificationWorkload(Workload):
             "final_loss": final_loss,
             "seconds": time.perf_counter() - start,
         }
+
+    def baseline_lrs(self) -> list[float]:
+        """The lr of each optimizer step of the dense baseline, as ``train_baseline`` runs it.
+
+        ``train_baseline`` calls ``finetune(model, baseline_epochs, baseline_lr, seed)``
+        with the config's schedule, so this is E = round(baseline_epochs *
+        steps_per_epoch()) values: ``baseline_lr`` throughout for "constant"; for
+        "cosine" the values of the same CosineAnnealingLR(T_max=E), replayed on a
+        throwaway optimizer over one gradient-free tensor so they match the baseline's
+        bit for bit (baseline_lr * (1 + cos(pi * i / E)) / 2 up to rounding); costs
+        about 4 us a step. A subclass whose ``train_baseline`` trains differently must
+        override this, or "rewind" replays the wrong schedule.
+        """
+        base_lr = float(self.baseline_lr)
+        e_steps = int(round(self.baseline_epochs * self.steps_per_epoch()))
+        if self.config.lr_schedule != "cosine" or e_steps == 0:
+            return [base_lr] * e_steps
+        dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(dummy, T_max=e_steps)
+        dummy.step()  # no gradients, so a no-op; keeps the scheduler's order warning quiet
+        lrs = []
+        for _ in range(e_steps):
+            lrs.append(dummy.param_groups[0]["lr"])
+            schedule.step()
+        return lrs
+
+    def rewind_lrs(self, steps: int) -> list[float]:
+        """The lr of each of ``steps`` fine-tune steps under ``lr_schedule="rewind"``.
+
+        With E = len(baseline_lrs()): for steps <= E, the baseline's last ``steps`` lrs
+        (step k gets baseline step E - steps + k). For steps > E (a fine-tune longer
+        than the baseline), the first steps - E at ``baseline_lr`` (the baseline's
+        first-step lr, held), then the whole baseline schedule.
+        """
+        full = self.baseline_lrs()
+        if steps <= len(full):
+            return full[len(full) - steps :]
+        return [float(self.baseline_lr)] * (steps - len(full)) + full
 
     def _check_finite(self, loss_sum: Tensor, epoch: int, step: int, lr: float) -> None:
         if not bool(torch.isfinite(loss_sum)):
