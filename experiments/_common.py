@@ -72,9 +72,9 @@ def write_csv(path: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -
     """Raw per-run records (one dict a row) next to the table."""
     if not records:
         return
-    keys = list(records[0])
+    keys = list(dict.fromkeys(k for r in records for k in r))  # rows may differ in keys
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer = csv.DictWriter(fh, fieldnames=keys, restval="")
         writer.writeheader()
         writer.writerows(records)
 

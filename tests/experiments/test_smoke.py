@@ -68,3 +68,33 @@ def test_masked_step_benchmark_runs_the_overhead_measurement() -> None:
     assert "python -m benchmarks.masked_step --steps 1" in text
     rows = [line for line in text.splitlines() if line.startswith("| training step, batch 4 | CIFAR CNN")]
     assert [r.split(" | ")[2] for r in rows] == ["plain", "masked (tune_prune hooks, 50% weights)"]
+
+
+def test_fidelity_quick(tmp_path: Path) -> None:
+    from experiments.fidelity.run import main as fidelity_main
+
+    fidelity_main(["--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "cache"), "--workers", "1"])
+    headers, rows = _table(tmp_path)
+    assert headers[:4] == ["target", "budget fraction", "FT epochs / schedule", "Spearman vs full (mean ± std)"]
+    assert [r[1] for r in rows] == ["0.5", "1"]
+    assert rows[-1][3].startswith(("1.00", "nan"))  # the full budget against itself
+    with open(tmp_path / "runs.csv", newline="") as fh:
+        runs = list(csv.DictReader(fh))
+    assert len(runs) == 3 * 2  # 3 schedules x 2 budgets, the same schedules at each budget
+    assert {r["config"] for r in runs if r["fraction"] == "0.5"} == {r["config"] for r in runs if r["fraction"] == "1.0"}
+
+
+def test_headline_quick(tmp_path: Path) -> None:
+    from experiments.headline.run import main as headline_main
+
+    text = headline_main(["--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "cache"), "--workers", "1"])
+    headers, rows = _table(tmp_path)
+    methods = {(r[1], r[2]) for r in rows}
+    assert ("search (defaults)", "–") in methods and ("NNI default (AGP 10 x 1 ep, lr 0.01)", "–") in methods
+    for hand in ("one-shot", "AGP", "IMP + rewinding"):
+        assert {(hand, "final"), (hand, "paid")} <= methods
+    paid = {(r[1], r[2]): float(r[8]) for r in rows}
+    # the search's defaults (here: 2 trials at a quarter of a 0.5-epoch budget, 1 finalist)
+    assert paid[("search (defaults)", "–")] <= 2 * 0.125 + 0.5 + 1e-9
+    assert paid[("one-shot", "paid")] == 2 * 0.125 + 0.5 and paid[("one-shot", "final")] == 0.5
+    assert "search (defaults) − NNI default" in text

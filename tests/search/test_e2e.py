@@ -95,7 +95,8 @@ def test_one_row_per_reported_iteration(search) -> None:
     assert table["trial_id"].nunique() == TRIALS
     for _, g in table.groupby("trial_id"):
         assert list(g["iteration"]) == list(range(1, len(g) + 1))
-        assert len(g) <= ITERATIONS
+        # a rewinding schedule (reset_weight) reports its retrained last ticket as one more row
+        assert len(g) <= ITERATIONS + int(bool(g["reset_weight"].iloc[0]))
     finished = table.groupby("trial_id")["schedule_done"].any()
     assert finished.sum() >= 1
     assert table.loc[table["schedule_done"], "reached_target"].all()

@@ -7,6 +7,7 @@ import math
 import optuna
 import pytest
 
+from tune_prune.errors import ConfigError
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.space import (
     CURVE_PARAMS,
@@ -55,11 +56,12 @@ def test_conditional_parameters_weights() -> None:
             assert "reset_weight" in params
         assert ("rewind" in params) == bool(config["reset_weight"])
         assert set(REWIND_PARAMS) <= set(config) or not config["reset_weight"]
-        assert config["pruner"] == "level" and config["mode"] in ("normal", "global")
+        assert config["pruner"] == "level" and config["mode"] in ("normal", "global", "lamp", "erk")
         assert cfg.min_iterations <= config["total_iteration"] <= cfg.max_iterations
         assert cfg.lr_min <= config["lr"] <= cfg.lr_max
-        # equal cost: the default budget is split evenly over the schedule's iterations
-        assert math.isclose(config["finetune_epochs"] * finetune_calls(config), cfg.finetune_budget)
+        # equal cost: the screened share of the budget is split evenly over the schedule's fine-tunes
+        assert math.isclose(config["finetune_epochs"] * finetune_calls(config), cfg.screen_budget)
+        assert math.isclose(cfg.screen_budget, cfg.finetune_budget * cfg.screen_fraction)
     assert seen == set(cfg.generators)
 
 
@@ -71,7 +73,7 @@ def test_per_iteration_epochs_are_searched_without_budget() -> None:
 
 
 def test_budget_split_covers_one_shot() -> None:
-    cfg = SearchConfig.create(finetune_budget=6, min_iterations=1, max_iterations=3)
+    cfg = SearchConfig.create(finetune_budget=6, min_iterations=1, max_iterations=3, screen_fraction=1)
     split = {(c["generator"], c["total_iteration"], c["reset_weight"]): c["finetune_epochs"]
              for _, c in _sample(cfg, 120)}
     assert split[("agp", 1, False)] == 6.0 and split[("agp", 3, False)] == 2.0
@@ -167,7 +169,7 @@ def test_sa_trial_runs_exactly_its_iterations_within_the_budget(tmp_path, cool_d
     from tune_prune.pruning.tools import TaskResult
     from tune_prune.search import build
 
-    cfg = SearchConfig.create(finetune_budget=6)
+    cfg = SearchConfig.create(finetune_budget=6, screen_fraction=1)
     params = {"generator": "simulated_annealing", "pruner": "level", "sa_cool_downs": cool_downs,
               "sa_start_temperature": 50.0, "sa_cool_down_rate": 0.8,
               "sa_perturbation_magnitude": 0.2, "lr": 0.01}
@@ -214,14 +216,14 @@ def test_presets_are_in_the_space_and_say_what_they_are() -> None:
     weights = SearchConfig.create()
     one_shot = _ask_with(weights, warm_start_points(weights)[0])
     assert (one_shot["total_iteration"], one_shot["mode"], one_shot["reset_weight"]) == (1, "global", False)
-    assert one_shot["finetune_epochs"] == weights.finetune_budget  # the whole budget after one prune
+    assert one_shot["finetune_epochs"] == weights.screen_budget  # the whole (screened) budget after one prune
     assert one_shot["lr"] == pytest.approx(math.sqrt(weights.lr_min * weights.lr_max))
 
     channels = SearchConfig.create(sparsity_kind="channels", warm_start=["one_shot", "agp"], max_iterations=4)
     shot, agp = (_ask_with(channels, p) for p in warm_start_points(channels))
     assert (shot["pruner"], shot["mode"], shot["total_iteration"]) == ("l1", "normal", 1)
     assert (agp["generator"], agp["mode"], agp["total_iteration"]) == ("agp", "normal", 4)
-    assert agp["finetune_epochs"] == pytest.approx(channels.finetune_budget / 4)
+    assert agp["finetune_epochs"] == pytest.approx(channels.screen_budget / 4)
 
 
 def test_partial_schedule_leaves_the_rest_to_the_sampler() -> None:
@@ -231,3 +233,24 @@ def test_partial_schedule_leaves_the_rest_to_the_sampler() -> None:
     config = _ask_with(cfg, params)
     assert (config["generator"], config["total_iteration"]) == ("linear", 3)
     assert cfg.lr_min <= config["lr"] <= cfg.lr_max
+
+
+def test_lr_schedule_is_a_choice_and_rewinding_searches_no_lr() -> None:
+    cfg = SearchConfig.create(lr_schedules=["cosine", "constant", "rewind"])
+    seen = set()
+    for params, config in _sample(cfg, 60):
+        seen.add(config["lr_schedule"])
+        if config["lr_schedule"] == "rewind":
+            assert config["lr"] is None and "lr" not in params  # replays the dense training's lrs
+        else:
+            assert cfg.lr_min <= config["lr"] <= cfg.lr_max and "lr" in params
+    assert seen == {"cosine", "constant", "rewind"}
+    # default: the workload's own schedule (None: finetune() is called without the keyword)
+    assert {c["lr_schedule"] for _, c in _sample(SearchConfig.create(), 10)} == {None}
+    with pytest.raises(ConfigError, match="lr_schedules"):
+        SearchConfig.create(lr_schedules=["step"])
+    with pytest.raises(ConfigError, match="takes no lr"):
+        warm_start_points(cfg.updated(warm_start=[{"lr_schedule": "rewind", "lr": 0.01}]))
+    only_rewind = SearchConfig.create(lr_schedules=["rewind"])
+    one_shot = _ask_with(only_rewind, warm_start_points(only_rewind)[0])
+    assert (one_shot["lr_schedule"], one_shot["lr"]) == ("rewind", None)

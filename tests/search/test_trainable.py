@@ -38,9 +38,10 @@ class _Recorder:
 
 def _config(cache: Path, generator: str = "agp", n: int = 2, **extra: object) -> dict:
     cfg = SearchConfig.create(workload_options=WORKLOAD_OPTIONS, baseline_cache_dir=str(cache),
-                              finetune_epochs=[0.25])
+                              finetune_epochs=[0.25], lr_schedules=["cosine", "rewind"])
     params = {"generator": generator, "pruner": "level", "mode__level": "global", "total_iteration": n,
-              "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.01, "rewind": "dense", **extra}
+              "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.01, "rewind": "dense",
+              "lr_schedule": "cosine", **extra}
     trial = define_space(optuna.trial.FixedTrial(params), cfg)
     return {"fixed": fixed_config(cfg, True), **trial}
 
@@ -124,3 +125,26 @@ def test_objective_floor_orders_unreached_below_reached() -> None:
     assert M.objective(0.99, 0.2, 0.8, 0.02, 0.25) < unreached  # closer to target ranks higher
     assert M.objective(0.5, 0.5, 0.8, 0.02, 0.6, higher_is_better=False) > 1e5
     assert math.isclose(M.progress(0.4, 0.8, 0.7), 0.7)  # monotone
+
+
+@pytest.mark.parametrize("mode", ["lamp", "erk"])
+def test_layer_adaptive_modes_reach_the_target_with_every_layer_alive(tmp_path, baseline_cache, mode) -> None:
+    """lamp/erk get one total_sparsity entry (build.RANKED_MODES); no layer is pruned away."""
+    rec = _Recorder(tmp_path)
+    config = _config(baseline_cache, "agp", 1, mode__level=mode)
+    config["fixed"]["target_sparsity"] = 0.95
+    assert config["mode"] == mode
+    T.run_schedule(config, rec)
+    assert rec.rows[-1]["reached_target"] and abs(rec.rows[-1]["sparsity"] - 0.95) < 0.005
+    from tune_prune.pruning.result_folder import read_pruned
+
+    masks = read_pruned(rec.ckpts[-1] / T.RESULT_DIR).masks
+    assert masks and all(bool(m["weight"].any()) for m in masks.values())
+
+
+def test_learning_rate_rewinding_trial_runs_without_an_lr(tmp_path, baseline_cache) -> None:
+    rec = _Recorder(tmp_path)
+    config = _config(baseline_cache, "agp", 1, lr_schedule="rewind")
+    assert config["lr"] is None
+    T.run_schedule(config, rec)
+    assert rec.rows[-1]["reached_target"] and 0 <= rec.rows[-1]["score"] <= 1

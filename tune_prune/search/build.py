@@ -25,17 +25,23 @@ GLOBAL_MAX_SPARSITY_PER_LAYER = 0.95
 SA_MAX_REJECTIONS = 0
 
 
+#: Modes that allocate one total over all layers (one ``total_sparsity`` entry, capped per layer).
+RANKED_MODES = ("global", "lamp", "erk")
+
+
 def make_config_list(
     sparsity_kind: str, mode: str, target: float, generator: str = "agp"
 ) -> list[dict[str, Any]]:
-    """The config_list of a trial: fine-grained on Conv2d+Linear, or filters of Conv2d.
+    """The config_list of a trial: fine-grained on Conv1d/2d+Linear, or filters of Conv1d/2d.
 
-    Channel pruning leaves Linear layers alone (their outputs are the classes). Global
-    mode needs one ``total_sparsity`` entry (one ranking over all layers), capped per
-    layer; so does simulated annealing, which searches the per-layer split of a total.
+    Channel pruning leaves Linear layers alone (their outputs are the classes). Global,
+    LAMP and ERK modes need one ``total_sparsity`` entry (one allocation over all
+    layers), capped per layer; so does simulated annealing, which searches the
+    per-layer split of a total.
     """
-    op_types = ["Conv2d", "Linear"] if sparsity_kind == "weights" else ["Conv2d"]
-    if mode == "global" or generator == "simulated_annealing":
+    convs = ["Conv1d", "Conv2d"]  # 1-D (mnist1d) and 2-D workloads; a model lacking one is fine
+    op_types = [*convs, "Linear"] if sparsity_kind == "weights" else convs
+    if mode in RANKED_MODES or generator == "simulated_annealing":
         cap = max(GLOBAL_MAX_SPARSITY_PER_LAYER, target)
         return [{"op_types": op_types, "total_sparsity": target, "max_sparsity_per_layer": cap}]
     return [{"op_types": op_types, "sparsity_per_layer": target}]

@@ -127,7 +127,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[SearchConfig, argpa
 def _fmt_table(best: Any, limit: int = 10) -> str:
     if best is None or best.empty:
         return "  (no trial reported a result)"
-    cols = ["trial_id", "status", "warm_start", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
+    cols = ["trial_id", "status", "warm_start", "screen_trial_id", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
             "sparsity", "score", "test_score", "objective", "macs_ratio", "finetune_epochs_total"]
     cols = [c for c in cols if c in best.columns]
     view = best[cols].head(limit).copy()
@@ -166,6 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if out.num_errors == 0 or not out.best.empty else 1
 
 
+def _epochs(best: Any) -> float:
+    """Fine-tune epochs all trials of a best-per-trial table paid."""
+    if best is None or best.empty or "finetune_epochs_total" not in best:
+        return 0.0
+    return float(best["finetune_epochs_total"].fillna(0).sum())
+
+
 def print_summary(out: Any) -> None:
     """The end-of-search report: best schedules and where every result lives."""
     cfg = out.config
@@ -174,17 +181,33 @@ def print_summary(out: Any) -> None:
         f"; Pareto front vs {cfg.multi_objective}" if cfg.metric_mode_multi else ""
     )
     print()
-    print(f"Best schedules ({metric}; below-target trials score < 0):")
-    print(_fmt_table(out.best))
+    final = getattr(out, "final", None)
+    if final is not None:
+        print(f"Screened schedules ({cfg.screen_budget:g} fine-tune epochs each; {metric}; "
+              "below-target trials score < 0):")
+        print(_fmt_table(out.screen_best))
+        print()
+        print(f"Finalists ({cfg.full_budget:g} fine-tune epochs each; score on the "
+              f"{final.select_split!r} split; the first is the search's pick):")
+        print(_fmt_table(final.best))
+        screen_epochs = _epochs(out.screen_best)
+        final_epochs = _epochs(final.best)
+        print(f"fine-tune epochs paid: {screen_epochs:g} screening + {final_epochs:g} finalists = "
+              f"{screen_epochs + final_epochs:g}")
+    else:
+        print(f"Best schedules ({metric}; below-target trials score < 0):")
+        print(_fmt_table(out.best))
     print()
     if out.interrupted:
         print(f"INTERRUPTED after {out.wall_s:.0f} s: continue with the resume command below")
-    print(f"{'ran' if out.interrupted else 'finished'} in {out.wall_s:.0f} s; {len(out.best)} trial(s), {len(out.table)} reported iteration(s)"
+    print(f"{'ran' if out.interrupted else 'finished'} in {out.wall_s:.0f} s; {len(out.table['trial_id'].unique()) if not out.table.empty else 0} trial(s), {len(out.table)} reported iteration(s)"
           + (f", {out.num_errors} error(s)" if out.num_errors else ""))
     print(f"experiment folder : {exp}")
     print(f"all iterations    : {out.files.trials_csv}" + (f" (+ {out.files.trials_parquet.name})"
                                                               if out.files.trials_parquet else ""))
     print(f"best per trial    : {out.files.best_csv}")
+    if final is not None:
+        print(f"finalists         : {final.files.best_csv}")
     if out.files.pareto_csv:
         print(f"Pareto front      : {out.files.pareto_csv}")
     for p in out.files.plots:

@@ -1,7 +1,8 @@
 """Export the best schedule of a finished search: ``export_best(EXPERIMENT_DIR, OUT_DIR)``.
 
 "Best" is the first row of the experiment's best-per-trial table (by objective: the
-score at the target sparsity; trials below the target rank last). Its model is the
+score at the target sparsity; trials below the target rank last); for a screened
+search (``screen_fraction < 1``) it is the best finalist, from ``EXPERIMENT/final/``. Its model is the
 ``result/`` folder of the checkpoint Tune wrote with that iteration (the search keeps
 the two best checkpoints of each trial by objective, so it is there), rebuilt from the
 workload's architecture plus the stored speedup history, and written with
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 #: Trial config keys copied into the export's spec.
 SPEC_CONFIG_KEYS = (
-    "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "reset_weight",
+    "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "lr_schedule", "reset_weight",
     "rewind", "curve_exponent", "sa_cool_downs", "sa_start_temperature", "sa_stop_temperature",
     "sa_cool_down_rate", "sa_perturbation_magnitude",
 )
@@ -32,7 +33,30 @@ SPEC_METRIC_KEYS = (
 )
 
 
-def _pick(experiment: Path, trial_id: str | None) -> dict[str, Any]:
+def _ranked_dirs(experiment: Path, trial_id: str | None) -> list[Path]:
+    """Where the pick is made: the finalists of a screened search, else the trials.
+
+    A ``trial_id`` may name a screened trial or a finalist.
+    """
+    from tune_prune.search.finalists import FINAL_DIR
+
+    final = experiment / FINAL_DIR
+    if not final.is_dir():
+        return [experiment]
+    return [final] if trial_id is None else [experiment, final]
+
+
+def _pick(*experiments: Path, trial_id: str | None = None) -> dict[str, Any]:
+    from tune_prune.search.results import collect
+
+    for experiment in experiments[:-1]:  # with trial_id: the first folder holding it
+        table = collect(experiment)
+        if not table.empty and trial_id in set(table["trial_id"].astype(str)):
+            return _pick_in(experiment, trial_id)
+    return _pick_in(experiments[-1], trial_id)
+
+
+def _pick_in(experiment: Path, trial_id: str | None) -> dict[str, Any]:
     from tune_prune.search.results import best_per_trial, collect
 
     table = collect(experiment)
@@ -80,7 +104,7 @@ def export_best(
     if not experiment.is_dir():
         raise ExportError(f"experiment folder {str(experiment)!r} does not exist")
     config = _search_config(experiment)
-    row = _pick(experiment, trial_id)
+    row = _pick(*_ranked_dirs(experiment, trial_id), trial_id=trial_id)
     result = Path(row["best_checkpoint"]) / "result"
     try:
         files = read_pruned(result)

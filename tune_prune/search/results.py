@@ -49,10 +49,13 @@ CONFIG_KEYS = (
     "total_iteration",
     "finetune_epochs",
     "lr",
+    "lr_schedule",
     "reset_weight",
     "rewind",
     "curve_exponent",
     "warm_start",
+    "screen_trial_id",
+    "screen_objective",
     "sa_start_temperature",
     "sa_stop_temperature",
     "sa_cool_down_rate",
@@ -69,6 +72,7 @@ BEST_COLUMNS = (
     "lr",
     "reset_weight",
     "warm_start",
+    "screen_trial_id",
     "best_iteration",
     "iterations_run",
     "score",
@@ -190,6 +194,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
             params = json.loads((trial_dir / "params.json").read_text())
         except ValueError:
             continue
+        params = {**params, **params.get("finalist", {})}  # a finalist's schedule (search.finalists)
         rows = _read_jsonl(trial_dir / "result.json")
         if not rows:
             continue

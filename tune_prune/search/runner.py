@@ -43,6 +43,19 @@ Printer = Callable[[str], None]
 
 
 @dataclass
+class FinalStage:
+    """The finalists of a screened search, run again at the full budget (search.finalists)."""
+
+    experiment_dir: Path
+    files: ResultFiles
+    table: pd.DataFrame
+    best: pd.DataFrame
+    select_split: str
+    num_errors: int = 0
+    interrupted: bool = False
+
+
+@dataclass
 class SearchOutcome:
     """What a finished search produced and where to look."""
 
@@ -56,6 +69,10 @@ class SearchOutcome:
     dashboard_url: str | None
     wall_s: float
     num_errors: int = 0
+    #: Screened search (screen_fraction < 1): the finalists' experiment. ``best`` is then
+    #: the finalists' table (the search's pick first) and ``screen_best`` the screening's.
+    final: FinalStage | None = None
+    screen_best: pd.DataFrame | None = None
     #: Stopped before all trials ran (Ctrl-C): continue with resume=True.
     interrupted: bool = False
     export: dict[str, Any] = field(default_factory=dict)
@@ -169,6 +186,11 @@ def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
         model = load_or_train_baseline(workload, cfg.seed, cache)
         score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
         test = _check_test_split(cfg, workload, model)
+        if cfg.screening:
+            from tune_prune.search.finalists import resolve_select_split
+
+            split = resolve_select_split(cfg, workload, model)
+            say(f"screening at {cfg.screen_fraction:g} of the budget; finalists are picked on {split!r}")
     finally:
         torch.set_num_threads(threads)
     meta = read_baseline_metadata(workload, cfg.seed, cache) or {}
@@ -417,10 +439,14 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         interrupted = (unfinished > 0 or len(grid) < cfg.num_samples) and not budget_hit
         if not interrupted:
             close_orphaned_trials(journal_storage(exp_dir), name, _tune_trial_ids(grid))
+        files, table, best = write_results(exp_dir, cfg.model_dump(), higher)
+        final = None
+        if cfg.screening and not interrupted:
+            final = run_finalists(cfg, exp_dir, best, higher, say)
+            interrupted = final is not None and final.interrupted
     finally:
         if started:
             ray.shutdown()
-    files, table, best = write_results(exp_dir, cfg.model_dump(), higher)
     outcome = SearchOutcome(
         config=cfg,
         experiment_dir=exp_dir,
@@ -434,9 +460,91 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         num_errors=num_errors,
         interrupted=interrupted,
     )
+    if final is not None:
+        outcome.final, outcome.screen_best, outcome.best = final, best, final.best
+        outcome.num_errors += final.num_errors
     if cfg.export_dir and not interrupted:
         outcome.export = export_best(exp_dir, Path(cfg.export_dir))
     return outcome
+
+
+def run_finalists(
+    cfg: SearchConfig, exp_dir: Path, screen_best: pd.DataFrame, higher: bool, say: Printer
+) -> FinalStage | None:
+    """Run the best screened schedules again at the full budget, scored on the select split.
+
+    A second Tune experiment in ``exp_dir/final`` (restored when a resumed search finds
+    it); returns None when no screened trial reached the target.
+    """
+    from ray import tune
+
+    from tune_prune.search.finalists import FINAL_DIR, FINALIST_KEY, final_fixed, pick_finalists
+    from tune_prune.search.trainable import TunePruneTrial
+
+    final_dir = exp_dir / FINAL_DIR
+    finalists = pick_finalists(screen_best, cfg)
+    if not finalists:
+        say("final stage: no screened trial reached the target sparsity; nothing to run at the full budget")
+        return None
+    split = select_split(cfg)
+    say(f"final stage: the best {len(finalists)} screened schedule(s) again at {cfg.full_budget:g} fine-tune "
+        f"epochs each (screened at {cfg.screen_budget:g}), picked on the {split!r} split")
+    if (final_dir / "tuner.pkl").exists():
+        tuner = tune.Tuner.restore(str(final_dir), trainable=TunePruneTrial, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            TunePruneTrial,
+            param_space={"fixed": final_fixed(fixed_config(cfg, higher), split),
+                         FINALIST_KEY: tune.grid_search(finalists)},
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=cfg.max_concurrent,
+                trial_dirname_creator=_trial_dirname, reuse_actors=cfg.reuse_actors,
+            ),
+            run_config=tune.RunConfig(
+                name=FINAL_DIR, storage_path=str(exp_dir), failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute="objective",
+                    checkpoint_score_order="max" if higher else "min",
+                ),
+                verbose=0, callbacks=[ProgressCallback(say)],
+            ),
+        )
+    grid = tuner.fit()
+    _write_errors(final_dir, grid)
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    files, table, best = write_results(final_dir, cfg.model_dump(), higher)
+    _note_final_in_summary(exp_dir, final_dir, split, best)
+    return FinalStage(final_dir, files, table, best, split, grid.num_errors, interrupted=unfinished > 0)
+
+
+def select_split(cfg: SearchConfig) -> str:
+    """The split finalists are scored on (search.finalists.resolve_select_split)."""
+    if cfg.dry_run:
+        return "val"
+    import torch
+
+    from tune_prune.search.finalists import resolve_select_split
+    from tune_prune.workloads import get_workload, load_or_train_baseline
+
+    workload = get_workload(cfg.workload, **cfg.workload_options)
+    model = load_or_train_baseline(workload, cfg.seed, cfg.resolved_baseline_cache())
+    with torch.no_grad():
+        return resolve_select_split(cfg, workload, model)
+
+
+def _note_final_in_summary(exp_dir: Path, final_dir: Path, split: str, best: pd.DataFrame) -> None:
+    """The screening's summary.json names the final stage and its pick (the search's result)."""
+    path = exp_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = {}
+    pick = best.iloc[0].to_dict() if not best.empty else None
+    summary["final"] = {"experiment_dir": str(final_dir), "select_split": split,
+                        "summary": str(final_dir / "summary.json"),
+                        "best": json.loads(json.dumps(pick, default=str)) if pick else None}
+    _atomic_write_text(path, json.dumps(summary, indent=2, default=str))
 
 
 def export_best(exp_dir: Path, out_dir: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ WARM_START_PRESETS = ("one_shot", "agp")
 #: Keys an explicit warm-start schedule may give: the normalised trial config's names.
 WARM_START_KEYS = (
     "generator", "pruner", "mode", "total_iteration", "reset_weight", "rewind",
-    "curve_exponent", "lr", "finetune_epochs",
+    "curve_exponent", "lr", "lr_schedule", "finetune_epochs",
 )
 #: Where reset_weight rewinds the surviving weights to: 'dense' = each task's starting
 #: weights, by induction the trained dense baseline (NNI); 'early' = the weights a
@@ -90,15 +90,21 @@ def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
     if reset:
         out["rewind"] = trial.suggest_categorical("rewind", list(REWIND_POINTS))
 
-    if cfg.finetune_budget is not None:  # equal cost: the schedule splits one budget
-        out["finetune_epochs"] = cfg.finetune_budget / finetune_calls(out)
+    if cfg.screen_budget is not None:  # equal cost: the schedule splits one budget
+        out["finetune_epochs"] = cfg.screen_budget / finetune_calls(out)
     else:
         out["finetune_epochs"] = trial.suggest_categorical("finetune_epochs", list(cfg.finetune_epochs))
-    out["lr"] = (
-        cfg.lr_min
-        if cfg.lr_min == cfg.lr_max
-        else trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
-    )
+    schedules = list(cfg.lr_schedules or [None])  # None: the workload's own schedule
+    out["lr_schedule"] = (trial.suggest_categorical("lr_schedule", schedules) if len(schedules) > 1
+                          else schedules[0])
+    if out["lr_schedule"] == "rewind":
+        out["lr"] = None  # learning-rate rewinding replays the dense training's lrs
+    else:
+        out["lr"] = (
+            cfg.lr_min
+            if cfg.lr_min == cfg.lr_max
+            else trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
+        )
     return out
 
 
@@ -141,7 +147,10 @@ def warm_start_schedule(name: str, cfg: SearchConfig) -> dict[str, Any]:
     """
     fixed = [g for g in ("agp", "linear", "curve") if g in cfg.generators]
     pruner = cfg.allowed_pruners[0]
-    lr = math.sqrt(cfg.lr_min * cfg.lr_max)
+    lr: dict[str, Any] = {"lr": math.sqrt(cfg.lr_min * cfg.lr_max)}
+    if cfg.lr_schedules is not None:
+        schedule = "cosine" if "cosine" in cfg.lr_schedules else cfg.lr_schedules[0]
+        lr = {"lr_schedule": schedule} if schedule == "rewind" else {**lr, "lr_schedule": schedule}
     if name == "one_shot":
         if not fixed:
             raise ValueError("'one_shot' needs generator agp, linear or curve in generators")
@@ -149,12 +158,12 @@ def warm_start_schedule(name: str, cfg: SearchConfig) -> dict[str, Any]:
             raise ValueError(f"'one_shot' needs min_iterations=1, got {cfg.min_iterations!r}")
         use_global = cfg.sparsity_kind == "weights" and "global" in PRUNER_MODES[pruner]
         return {"generator": fixed[0], "pruner": pruner, "mode": "global" if use_global else "normal",
-                "total_iteration": 1, "reset_weight": False, "lr": lr}
+                "total_iteration": 1, "reset_weight": False, **lr}
     if name == "agp":
         if "agp" not in cfg.generators:
             raise ValueError("'agp' needs 'agp' in generators")
         return {"generator": "agp", "pruner": pruner, "mode": "normal",
-                "total_iteration": cfg.max_iterations, "reset_weight": False, "lr": lr}
+                "total_iteration": cfg.max_iterations, "reset_weight": False, **lr}
     raise ValueError(f"unknown preset {name!r} (presets: {list(WARM_START_PRESETS)})")
 
 
@@ -227,6 +236,16 @@ def _schedule_params(schedule: dict[str, Any], cfg: SearchConfig) -> dict[str, A
         if generator != "curve":
             raise ValueError("'curve_exponent' needs generator 'curve'")
         number("curve_exponent", 0.5, 5.0)
+    searched = list(cfg.lr_schedules or [])
+    if "lr_schedule" in schedule and (searched or schedule["lr_schedule"] is not None):
+        if not searched:
+            raise ValueError("'lr_schedule' needs lr_schedules (the schedules the search may choose)")
+        choice("lr_schedule", searched)
+        if len(searched) == 1:
+            params.pop("lr_schedule")
+    rewinding_lr = schedule.get("lr_schedule", searched[0] if len(searched) == 1 else None)
+    if "lr" in schedule and rewinding_lr == "rewind":
+        raise ValueError("'lr' with lr_schedule 'rewind': learning-rate rewinding takes no lr")
     if "lr" in schedule:
         number("lr", cfg.lr_min, cfg.lr_max)
         if cfg.lr_min == cfg.lr_max:

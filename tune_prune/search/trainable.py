@@ -139,6 +139,7 @@ class Reporter:
             # Ticket rows (reset_weight) score untrained rewound weights: not comparable
             # with fine-tuned scores, so the fair early stopping skips them.
             "es_comparable": not bool(self.trial.get("reset_weight", False)),
+            "stage": str(self.fixed.get("stage", "search")),
             "generator": self.trial["generator"],
             "pruner": self.trial["pruner"],
             "mode": self.trial["mode"],
@@ -319,6 +320,9 @@ def run_schedule(
     checkpoint_dir)`` is called after every iteration; ``restore_from`` is a checkpoint
     folder a report produced, to continue after it. Returns every reported metrics dict.
     """
+    from tune_prune.search.finalists import unwrap
+
+    config = unwrap(config)
     fixed = config["fixed"]
     trial = {k: v for k, v in config.items() if k != "fixed"}
     rows: list[dict[str, Any]] = []
@@ -369,9 +373,11 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, r
     model = load_or_train_baseline(workload, seed, cache)
     meta = read_baseline_metadata(workload, seed, cache) or {}
     dummy = workload.dummy_input()
-    dense_score = meta.get("val_score")
+    # Finalists of a screened search are scored on the select split (search.finalists).
+    score_split = fixed.get("score_split") or "val"
+    dense_score = meta.get("val_score") if score_split == "val" else None
     if dense_score is None:
-        dense_score = workload.evaluate(model, "val")
+        dense_score = workload.evaluate(model, score_split)
     dense = {
         "score": float(dense_score),
         "params": float(count_params(model)),
@@ -384,10 +390,12 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, r
     log_dir = Path(tempfile.mkdtemp(prefix="tune_prune_tasks_"))
     generator = build.make_task_generator(trial, copy.deepcopy(model), config_list, log_dir, seed)
     pruner = build.make_pruner(trial["pruner"], trial["mode"], dummy)
-    base_finetuner = workload.finetuner(float(trial["finetune_epochs"]), float(trial["lr"]), seed)
+    lr = trial.get("lr")
+    base_finetuner = workload.finetuner(float(trial["finetune_epochs"]), None if lr is None else float(lr), seed,
+                                        lr_schedule=trial.get("lr_schedule"))
     reset_weight = bool(trial.get("reset_weight", False))
     holder: dict[str, Any] = {}
-    evaluator = _ScoreWithTest(workload.evaluator("val"), fixed.get("test_split"), workload)
+    evaluator = _ScoreWithTest(workload.evaluator(score_split), fixed.get("test_split"), workload)
 
     def finetuner(model: Any) -> None:
         _fault_hook(reporter.counters.iteration + 1)

@@ -1,0 +1,96 @@
+"""The final stage of a screened search: the best screened schedules, again at the full budget.
+
+With ``screen_fraction < 1`` every searched trial fine-tunes on that fraction of the
+budget, which is enough to rank schedules (``experiments/fidelity`` measures how far
+that holds) at a fraction of the cost. The ``finalists`` best screened trials that
+reached the target are then run again from the dense baseline with the full budget
+(``final_budget``, default ``finetune_budget``, split over their fine-tunes as in the
+search), as a second Tune experiment in ``EXPERIMENT/final/``: their own trial
+folders, checkpoints and result tables, and the same trainable. Their reported
+``score`` is measured on ``select_split``, a split that did not rank the screening,
+so the pick among the finalists does not reuse the images that chose them; the
+search's result is the best finalist. Distinct schedules only: two screened trials
+with the same schedule (the warm start re-proposed) give one finalist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tune_prune.errors import ConfigError, TunePruneError
+from tune_prune.search.config import SearchConfig
+from tune_prune.search.space import finetune_calls
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"
+#: The trial config of a finalist sits under this key of its Tune config (a grid value).
+FINALIST_KEY = "finalist"
+#: Keys of a screened trial's params.json that are not part of its schedule.
+_NOT_SCHEDULE = ("fixed", FINALIST_KEY)
+
+
+def resolve_select_split(cfg: SearchConfig, workload: Any, model: Any) -> str:
+    """The split finalists are scored on; ConfigError when a named split cannot be evaluated."""
+    wanted = cfg.select_split
+    candidates = ["select", "val"] if wanted == "auto" else [wanted]
+    for split in candidates:
+        try:
+            workload.evaluate(model, split)
+        except (ValueError, KeyError, LookupError, TunePruneError) as exc:
+            if wanted != "auto":
+                raise ConfigError(
+                    f"select_split={wanted!r}: workload {cfg.workload!r} cannot evaluate it ({exc}); "
+                    "name another split or use 'auto'"
+                ) from exc
+            continue
+        return split
+    raise ConfigError(f"select_split='auto': workload {cfg.workload!r} has neither a 'select' nor a 'val' split")
+
+
+def pick_finalists(best: pd.DataFrame, cfg: SearchConfig) -> list[dict[str, Any]]:
+    """Trial configs (normalised keys) of the best screened trials at target, at the full budget."""
+    if best.empty or "reached_target" not in best.columns:
+        return []
+    at_target = best[best["reached_target"].fillna(False).astype(bool)]
+    chosen: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _, row in at_target.iterrows():
+        params_file = Path(str(row["trial_dir"])) / "params.json"
+        try:
+            params = json.loads(params_file.read_text())
+        except (OSError, ValueError) as exc:
+            logger.warning("finalists: cannot read %s (%s); skipping that trial", params_file, exc)
+            continue
+        schedule = {k: v for k, v in params.items() if k not in _NOT_SCHEDULE}
+        key = json.dumps({k: v for k, v in schedule.items() if k != "finetune_epochs"}, sort_keys=True,
+                         default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        budget = cfg.full_budget
+        assert budget is not None  # screening needs finetune_budget (SearchConfig checks it)
+        schedule["finetune_epochs"] = budget / finetune_calls(schedule)
+        schedule["screen_trial_id"] = str(row["trial_id"])
+        schedule["screen_objective"] = float(row["objective"])
+        chosen.append(schedule)
+        if len(chosen) == cfg.finalists:
+            break
+    return chosen
+
+
+def final_fixed(fixed: dict[str, Any], select_split: str) -> dict[str, Any]:
+    """The finalists' trial-wide settings: the search's, scored on ``select_split``."""
+    return {**fixed, "score_split": select_split, "stage": "final"}
+
+
+def unwrap(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config with the finalist's schedule under FINALIST_KEY -> a flat trial config."""
+    if FINALIST_KEY not in config:
+        return config
+    return {"fixed": config["fixed"], **config[FINALIST_KEY]}
