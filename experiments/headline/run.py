@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=None, help="default: experiments/headline/<workload>")
     parser.add_argument("--from-records", type=Path, default=None, help="only re-summarise a runs.jsonl")
+    parser.add_argument("--hand-records", type=Path, default=None,
+                        help="reuse the hand and NNI rows of an earlier runs.jsonl (same workload, targets, "
+                        "seeds and budgets; they are deterministic) and run only the searches")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, tiny budgets, 1-epoch baseline")
     args = parser.parse_args(argv)
     argv_used = list(argv) if argv is not None else sys.argv[1:]
@@ -237,8 +240,14 @@ def main(argv: list[str] | None = None) -> str:
             header.append(f"{token}: channel sparsity {value:.3f} (L1 one-shot MACs ratio {ratio:.3f} on seed 0)")
         targets[token] = (kind, value)
 
+    if args.hand_records:
+        for line in args.hand_records.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec and rec["method"] not in SEARCHES and rec["target"] in targets and rec["seed"] in args.seeds:
+                keep(rec)
+        header.append(f"hand and NNI rows reused from {args.hand_records}")
     jobs = []
-    for token, (kind, sparsity) in targets.items():
+    for token, (kind, sparsity) in ({} if args.hand_records else targets).items():
         for seed in args.seeds:
             cfg = SearchConfig.create(workload=args.workload, workload_options=options, target_sparsity=sparsity,
                                       sparsity_kind=kind, seed=seed, baseline_cache_dir=str(args.cache.resolve()))
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> str:
                         values = {**search_options, **SEARCHES[method], "workload": args.workload,
                                   "workload_options": options, "target_sparsity": sparsity, "sparsity_kind": kind,
                                   "seed": seed, "baseline_cache_dir": str(args.cache.resolve()),
-                                  "storage_path": storage, "name": f"{method.split()[0]}-{len(records)}",
+                                  "storage_path": storage, "name": f"search-{len(records)}",
                                   "include_dashboard": False, "reuse_actors": True,
                                   "max_concurrent": args.max_concurrent}
                         keep({"target": token, "seed": seed, "method": method, **run_one_search(values)})

@@ -181,7 +181,7 @@ def test_optional_number_flags_accept_none() -> None:
     ("warm_start", "extra", "words"),
     [
         (["oneshot"], {}, ["warm_start[0]='oneshot'", "unknown preset", "one_shot"]),
-        ([{"lr": 0.5}], {}, ["warm_start[0]", "lr=0.5", "[0.005, 0.05]"]),
+        ([{"lr": 0.5}], {}, ["warm_start[0]", "lr=0.5", "[0.01, 0.3]"]),
         ([{"total_iteration": 9}], {}, ["total_iteration=9", "[1, 5]"]),
         ([{"generator": "simulated_annealing"}], {}, ["simulated_annealing", "cannot be given"]),
         ([{"mode": "global"}], {}, ["'mode' needs 'pruner'"]),

@@ -583,6 +583,26 @@ class ClassificationWorkload(Workload):
         return float(correct) / total
 
 
+class InMemorySplits:
+    """The split hooks of a :class:`ClassificationWorkload` whose splits are held in
+    ``self._data`` (split name -> ``(inputs, labels)``); mix in before it."""
+
+    name: str
+    _data: dict[str, Batch]
+
+    def split_size(self, split: str) -> int:
+        return int(self.split_tensors(split)[1].numel())
+
+    def split_tensors(self, split: str) -> Batch:
+        if split not in self._data:
+            raise WorkloadError(f"{self.name}: no {split!r} split (it has {sorted(self._data)})")
+        return self._data[split]
+
+    def split_indices_fingerprint(self) -> dict[str, int]:
+        """Cheap checksum of each split's labels and inputs (tests and logs use it)."""
+        return {s: int((x.float().sum() * 1000).round()) + int(y.sum()) for s, (x, y) in self._data.items()}
+
+
 # --------------------------------------------------------------------------- baseline cache
 
 

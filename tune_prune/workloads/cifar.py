@@ -26,6 +26,7 @@ from tune_prune.errors import ConfigError, WorkloadError
 from tune_prune.workloads.base import (
     Batch,
     ClassificationWorkload,
+    InMemorySplits,
     TrainConfig,
     resolve_device,
     with_overrides,
@@ -218,7 +219,7 @@ class Cifar10Config(TrainConfig):
             raise ConfigError(f"val_size must be a positive integer, got {self.val_size!r}")
 
 
-class Cifar10Workload(ClassificationWorkload):
+class Cifar10Workload(InMemorySplits, ClassificationWorkload):
     """CIFAR-10 / ResNet-56 (option-B shortcuts), data held as uint8 on ``device``.
 
     Augmentation (4-pixel-pad random crop, horizontal flip) runs batched on the device
@@ -275,12 +276,6 @@ class Cifar10Workload(ClassificationWorkload):
 
     def build_model(self) -> nn.Module:
         return CifarResNet(self.config.blocks_per_stage, self.config.width)
-
-    def split_size(self, split: str) -> int:
-        return int(self._data[split][1].numel())
-
-    def split_tensors(self, split: str) -> Batch:
-        return self._data[split]
 
     def prepare_batch(self, x: Tensor, y: Tensor, train: bool, generator: torch.Generator) -> Batch:
         """uint8 -> normalised float on device; random crop + flip when training."""

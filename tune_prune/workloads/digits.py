@@ -19,6 +19,7 @@ from tune_prune.workloads.base import (
     SPLITS,
     Batch,
     ClassificationWorkload,
+    InMemorySplits,
     TrainConfig,
     resolve_device,
     with_overrides,
@@ -93,7 +94,7 @@ class DigitsConfig(TrainConfig):
                 raise ConfigError(f"{name} must be in (0, 0.5), got {value!r}")
 
 
-class DigitsWorkload(ClassificationWorkload):
+class DigitsWorkload(InMemorySplits, ClassificationWorkload):
     """8x8 digits (1797 samples, 10 classes), stratified 60/20/20 split, standardised.
 
     The whole data set lives on ``device`` as float tensors. Training is deterministic
@@ -140,13 +141,3 @@ class DigitsWorkload(ClassificationWorkload):
 
     def build_model(self) -> nn.Module:
         return DigitsResNet(self.config.width)
-
-    def split_size(self, split: str) -> int:
-        return int(self._data[split][1].numel())
-
-    def split_tensors(self, split: str) -> Batch:
-        return self._data[split]
-
-    def split_indices_fingerprint(self) -> dict[str, int]:
-        """Cheap checksum of each split's labels/pixels (tests and logs use it)."""
-        return {s: int((x.sum() * 1000).round()) + int(y.sum()) for s, (x, y) in self._data.items()}

@@ -28,6 +28,7 @@ from tune_prune.workloads.base import (
     SPLITS,
     Batch,
     ClassificationWorkload,
+    InMemorySplits,
     TrainConfig,
     resolve_device,
     with_overrides,
@@ -217,7 +218,7 @@ class Mnist1dConfig(TrainConfig):
         return sizes
 
 
-class Mnist1dWorkload(ClassificationWorkload):
+class Mnist1dWorkload(InMemorySplits, ClassificationWorkload):
     """MNIST-1D (10 classes, signals of length 40), stratified split, standardised.
 
     Inputs are ``(N, 1, 40)`` float32, standardised with the training split's mean and
@@ -251,15 +252,3 @@ class Mnist1dWorkload(ClassificationWorkload):
 
     def build_model(self) -> nn.Module:
         return Mnist1dCNN(self.config.width)
-
-    def split_size(self, split: str) -> int:
-        return int(self.split_tensors(split)[1].numel())
-
-    def split_tensors(self, split: str) -> Batch:
-        if split not in self._data:
-            raise WorkloadError(f"{self.name}: no {split!r} split (select_fraction=0 leaves it out)")
-        return self._data[split]
-
-    def split_indices_fingerprint(self) -> dict[str, int]:
-        """Cheap checksum of each split's labels/signals (tests and logs use it)."""
-        return {s: int((x.sum() * 1000).round()) + int(y.sum()) for s, (x, y) in self._data.items()}
