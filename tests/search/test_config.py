@@ -203,8 +203,12 @@ def test_bad_warm_start_names_entry_and_value(warm_start: list, extra: dict, wor
 
 
 def test_default_warm_start_adapts_where_an_explicit_one_fails() -> None:
-    """The default one_shot is dropped where it cannot run; asked for, it is an error."""
-    assert SearchConfig.create().warm_start == ["one_shot"]
+    """The default one_shot_lrs is dropped where it cannot run (one_shot where 3 trials do
+    not fit); asked for, it is an error."""
+    assert SearchConfig.create().warm_start == ["one_shot_lrs"]
+    assert SearchConfig.create(num_samples=2).warm_start == ["one_shot"]
+    with pytest.raises(ConfigError, match="3 schedule"):
+        SearchConfig.create(num_samples=2, warm_start=["one_shot_lrs"])
     cfg = SearchConfig.create(min_iterations=2)
     assert cfg.warm_start == []
     assert SearchConfig.create(**cfg.model_dump()) == cfg  # the saved config resumes as it ran

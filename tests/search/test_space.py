@@ -213,7 +213,7 @@ def test_every_non_sa_schedule_round_trips_through_warm_start(kind: str) -> None
 
 
 def test_presets_are_in_the_space_and_say_what_they_are() -> None:
-    weights = SearchConfig.create()
+    weights = SearchConfig.create(warm_start=["one_shot"])
     one_shot = _ask_with(weights, warm_start_points(weights)[0])
     assert (one_shot["total_iteration"], one_shot["mode"], one_shot["reset_weight"]) == (1, "global", False)
     assert one_shot["finetune_epochs"] == weights.screen_budget  # the whole (screened) budget after one prune
@@ -254,3 +254,14 @@ def test_lr_schedule_is_a_choice_and_rewinding_searches_no_lr() -> None:
     only_rewind = SearchConfig.create(lr_schedules=["rewind"])
     one_shot = _ask_with(only_rewind, warm_start_points(only_rewind)[0])
     assert (one_shot["lr_schedule"], one_shot["lr"]) == ("rewind", None)
+
+
+def test_one_shot_lrs_is_one_shot_at_three_lrs_in_the_range() -> None:
+    cfg = SearchConfig.create()
+    schedules = [_ask_with(cfg, p) for p in warm_start_points(cfg)]
+    one_shot = _ask_with(cfg, warm_start_points(cfg.updated(warm_start=["one_shot"]))[0])
+    assert [s["lr"] for s in schedules] == pytest.approx([0.01 * 30 ** (1 / 6), one_shot["lr"], 0.01 * 30 ** (5 / 6)])
+    for s in schedules:
+        assert {k: v for k, v in s.items() if k != "lr"} == {k: v for k, v in one_shot.items() if k != "lr"}
+    rewinding = SearchConfig.create(lr_schedules=["rewind"])
+    assert len(warm_start_points(rewinding)) == 1  # no lr to vary

@@ -116,11 +116,13 @@ class SearchConfig(BaseModel):
         "workload's own schedule, not searched (cosine for the built-in workloads)",
     )
     warm_start: list[str | dict[str, Any]] = Field(
-        ["one_shot"],
+        ["one_shot_lrs"],
         description="schedules run first, before the sampler proposes any, so the search's "
-        "pick is never below them on val: presets 'one_shot' (prune once, fine-tune the whole "
-        "budget; global ranking for weights) and 'agp' (AGP over max_iterations, NNI's shape), "
-        "both at the lr range's geometric centre, or a schedule in trial-config keys (TOML "
+        "pick is never below them (the best of them is a finalist when screening): presets "
+        "'one_shot' (prune once, fine-tune the whole budget; global ranking for weights) and "
+        "'agp' (AGP over max_iterations, NNI's shape), both at the lr range's geometric centre; "
+        "'one_shot_lrs' (the default: one_shot at three lrs, the centre and a third of the way "
+        "from either end, in log lr), or a schedule in trial-config keys (TOML "
         "table or JSON, e.g. '{\"generator\": \"agp\", \"total_iteration\": 3}'; left-out keys "
         "are sampled). Each counts as one of num_samples. 'none' for no warm start",
     )
@@ -382,10 +384,12 @@ class SearchConfig(BaseModel):
             # is dropped rather than failing a config that never asked for it
             fitting = [e for e in self.warm_start if _fits(self, e)][: self.num_samples]
             self.__dict__["warm_start"] = fitting  # no re-validation (validate_assignment)
-        warm_start_points(self)  # ValueError naming the entry and key
-        if len(self.warm_start) > self.num_samples:
+            if len(warm_start_points(self)) > self.num_samples:  # one_shot_lrs in 1-2 trials
+                self.__dict__["warm_start"] = ["one_shot"] if _fits(self, "one_shot") else []
+        n_warm = len(warm_start_points(self))  # ValueError naming the entry and key
+        if n_warm > self.num_samples:
             raise ValueError(
-                f"warm_start has {len(self.warm_start)} schedule(s) but num_samples="
+                f"warm_start has {n_warm} schedule(s) but num_samples="
                 f"{self.num_samples!r}: each warm start is one of the trials"
             )
         if self.speedup and self.sparsity_kind != "channels":
