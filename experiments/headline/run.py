@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=None, help="default: experiments/headline/<workload>")
-    parser.add_argument("--from-records", type=Path, default=None, help="only re-summarise a runs.jsonl")
+    parser.add_argument("--from-records", type=Path, nargs="+", default=None,
+                        help="only re-summarise runs.jsonl file(s) (e.g. two runs with different seeds)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="with --from-records: header line(s) (the runs' commands and machine)")
     parser.add_argument("--hand-records", type=Path, default=None,
                         help="reuse the hand and NNI rows of an earlier runs.jsonl (same workload, targets, "
                         "seeds and budgets; they are deterministic) and run only the searches")
@@ -190,9 +193,14 @@ def main(argv: list[str] | None = None) -> str:
     out_dir = args.out or HERE / args.workload
     torch.set_num_threads(1)
     if args.from_records:
-        records = [json.loads(line) for line in args.from_records.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for path in args.from_records
+                   for line in path.read_text().splitlines() if line.strip()]
         headers, rows, verdict = summarise(records)
-        return write_results(out_dir, [command_line(MODULE, argv_used)], headers, rows, footer=verdict)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(out_dir / "runs.csv", records)
+        (out_dir / "runs.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+        return write_results(out_dir, [command_line(MODULE, argv_used), *args.note], headers, rows,
+                             footer=["Verdict (paired by seed):", *verdict])
 
     from tune_prune.search.config import SearchConfig
     from tune_prune.search.runner import fixed_config

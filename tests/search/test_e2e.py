@@ -171,11 +171,11 @@ def test_dry_run_search_stopped_trials_are_pruned_in_optuna(ray_local, tmp_path)
     for tid, status in zip(best["trial_id"], best["status"]):
         assert state[tid] == expected[status], (tid, status, state[tid])
     assert (best["status"] == "stopped").any() and (best["status"] == "complete").any()
-    # the default warm start (one-shot) is the study's first trial, marked in the table
+    # the default warm start (one-shot at three lrs) is the study's first trials, marked in the table
     warm = best[best["warm_start"]]
-    assert len(warm) == 1 and warm["total_iteration"].iloc[0] == 1
-    first = min(study.trials, key=lambda t: t.number)
-    assert first.user_attrs["tune_trial_id"] == warm["trial_id"].iloc[0]
+    assert len(warm) == 3 and set(warm["total_iteration"]) == {1} and warm["lr"].nunique() == 3
+    first = sorted(study.trials, key=lambda t: t.number)[:3]
+    assert {t.user_attrs["tune_trial_id"] for t in first} == set(warm["trial_id"])
 
 
 def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_path) -> None:
