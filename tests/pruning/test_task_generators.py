@@ -261,3 +261,18 @@ def test_sa_state_round_trip(tmp_path: Path) -> None:
     rest = [t.config_list for t in drive(second, score=scores)]
     assert done + rest == reference
     assert second.get_best_result()[0] == full.get_best_result()[0]
+
+
+def test_schedule_formulas_are_the_generators_and_the_dry_runs(tmp_path: Path) -> None:
+    """One formula per shape (tools.formulas): the generators' sparsities are exactly them."""
+    from tune_prune.pruning.tools import formulas
+
+    assert formulas.schedule(formulas.linear, 0.8, 4) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
+    assert formulas.schedule(formulas.agp, 0.8, 2) == pytest.approx([0, 0.8 * (1 - 0.5 ** 3), 0.8])
+    assert formulas.schedule(formulas.lottery_ticket, 0.75, 2) == pytest.approx([0, 0.5, 0.75])
+    assert formulas.curve_fraction("cosine", 0.5, 0.8) == pytest.approx(0.5)
+    assert formulas.curve_fraction("linear", -0.5, 0.8) == 0.0  # clipped to [0, 1]
+    for cls, formula in ((AGPTaskGenerator, formulas.agp), (LinearTaskGenerator, formulas.linear),
+                         (LotteryTicketTaskGenerator, formulas.lottery_ticket)):
+        gen = cls(3, tiny_model(), CONFIG, log_dir=tmp_path)
+        assert [gen.origin_sparsity(0.5, i) for i in range(4)] == [formula(0.5, i, 3) for i in range(4)]

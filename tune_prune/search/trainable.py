@@ -511,6 +511,8 @@ def _simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None
     """
     import hashlib
 
+    from tune_prune.pruning.tools import formulas
+
     target = float(fixed["target_sparsity"])
     n = int(trial["total_iteration"])
     gen = trial["generator"]
@@ -522,17 +524,16 @@ def _simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None
         reporter.restore(restore)
     delay = float(fixed.get("dry_run_delay_s", 0.0))
     for i in range(reporter.counters.iteration + 1, n + 1):
-        p = i / n
         if gen == "agp":
-            s = target * (1 - (1 - p) ** 3)
+            s = formulas.agp(target, i, n)
         elif gen == "lottery_ticket":
-            s = 1 - (1 - target) ** p
+            s = formulas.lottery_ticket(target, i, n)
         elif gen == "curve":
-            s = target * (1 - (1 - p) ** float(trial.get("curve_exponent", 3.0)))
+            s = target * formulas.curve_fraction("poly", i / n, target, float(trial.get("curve_exponent", 3.0)))
         elif gen == "simulated_annealing":
             s = target
         else:
-            s = target * p
+            s = formulas.linear(target, i, n)
         epochs_cum = reporter.counters.finetune_epochs_cum + float(trial["finetune_epochs"])
         recovery = 1 - math.exp(-epochs_cum / 3)
         score = 0.97 - 0.25 * s**3 * (1.2 - 0.4 * recovery) - 0.05 * quality

@@ -30,6 +30,7 @@ from torch import nn
 from tune_prune.errors import ConfigError
 from tune_prune.pruning.config import canonical_config_list
 
+from . import formulas
 from .base import BestResultMode, Masks, Task, TaskGenerator, TaskResult
 from .sparsity import compute_sparsity, relative_sparsity
 
@@ -131,14 +132,14 @@ class AGPTaskGenerator(FunctionBasedTaskGenerator):
     """Automated gradual pruning (Zhu & Gupta 2017): ``S * (1 - (1 - i/N)**3)``."""
 
     def origin_sparsity(self, target: float, iteration: int) -> float:
-        return target * (1 - (1 - iteration / self.total_iteration) ** 3)
+        return formulas.agp(target, iteration, self.total_iteration)
 
 
 class LinearTaskGenerator(FunctionBasedTaskGenerator):
     """Even steps: ``S * i/N``."""
 
     def origin_sparsity(self, target: float, iteration: int) -> float:
-        return target * iteration / self.total_iteration
+        return formulas.linear(target, iteration, self.total_iteration)
 
 
 class LotteryTicketTaskGenerator(FunctionBasedTaskGenerator):
@@ -152,7 +153,7 @@ class LotteryTicketTaskGenerator(FunctionBasedTaskGenerator):
         return 1
 
     def origin_sparsity(self, target: float, iteration: int) -> float:
-        return 1 - (1 - target) ** (iteration / self.total_iteration)
+        return formulas.lottery_ticket(target, iteration, self.total_iteration)
 
 
 Curve = Callable[[float], float]
@@ -204,17 +205,11 @@ class CurveTaskGenerator(FunctionBasedTaskGenerator):
     def fraction(self, progress: float, target: float) -> float:
         """Fraction of ``target`` reached at ``progress`` (in [0, 1])."""
         curve = self.curve
-        if callable(curve):
-            value = float(curve(progress))
-            if math.isnan(value):
-                raise ConfigError(f"curve({progress!r}) returned NaN")
-        elif curve == "cosine":
-            value = (1 - math.cos(math.pi * progress)) / 2
-        elif curve == "geometric":
-            value = (1 - (1 - target) ** progress) / target if target > 0 else progress
-        else:
-            exponent = {"linear": 1.0, "agp": 3.0}.get(curve, self.exponent)
-            value = 1 - (1 - progress) ** exponent
+        if not callable(curve):
+            return formulas.curve_fraction(curve, progress, target, self.exponent)
+        value = float(curve(progress))
+        if math.isnan(value):
+            raise ConfigError(f"curve({progress!r}) returned NaN")
         return min(max(value, 0.0), 1.0)
 
     def origin_sparsity(self, target: float, iteration: int) -> float:
