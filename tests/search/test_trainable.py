@@ -148,3 +148,24 @@ def test_learning_rate_rewinding_trial_runs_without_an_lr(tmp_path, baseline_cac
     assert config["lr"] is None
     T.run_schedule(config, rec)
     assert rec.rows[-1]["reached_target"] and 0 <= rec.rows[-1]["score"] <= 1
+
+
+def test_channel_target_counts_as_reached_within_per_layer_rounding(tmp_path, baseline_cache) -> None:
+    """int(s * n) channels per layer can stop short of s by more than the 0.02 tolerance
+    (0.523 for a 0.562 target on digits): the trial's tolerance widens by that slack."""
+    from tune_prune.search import build
+    from tune_prune.workloads import get_workload
+
+    model = get_workload("digits", **WORKLOAD_OPTIONS).build_model()
+    normal = build.make_config_list("channels", "normal", 0.562)
+    slack = build.channel_rounding_slack(model, normal)
+    assert 0.02 < slack < 0.07
+    assert build.channel_rounding_slack(model, build.make_config_list("channels", "global", 0.562)) == 0.0
+    cfg = SearchConfig.create(workload_options=WORKLOAD_OPTIONS, baseline_cache_dir=str(baseline_cache),
+                              finetune_epochs=[0.25], sparsity_kind="channels", target_sparsity=0.562)
+    params = {"generator": "agp", "pruner": "l1", "mode__l1": "normal", "total_iteration": 1,
+              "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.05}
+    config = {"fixed": fixed_config(cfg, True), **define_space(optuna.trial.FixedTrial(params), cfg)}
+    rows = T.run_schedule(config, _Recorder(tmp_path))
+    assert rows[-1]["sparsity"] < 0.562 - 0.02  # short of the target by the rounding ...
+    assert rows[-1]["reached_target"] and rows[-1]["objective"] == rows[-1]["score"]  # ... yet at target

@@ -383,10 +383,13 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, r
         "params": float(count_params(model)),
         "macs": float(count_macs(model, dummy)),
     }
-    reporter = Reporter(fixed, trial, dense, report)
     config_list = build.make_config_list(
         fixed["sparsity_kind"], trial["mode"], float(fixed["target_sparsity"]), trial["generator"]
     )
+    if fixed["sparsity_kind"] == "channels":  # per-layer rounding may stop short of the target
+        slack = build.channel_rounding_slack(model, config_list)
+        fixed = {**fixed, "sparsity_tolerance": max(float(fixed["sparsity_tolerance"]), slack + 1e-6)}
+    reporter = Reporter(fixed, trial, dense, report)
     log_dir = Path(tempfile.mkdtemp(prefix="tune_prune_tasks_"))
     generator = build.make_task_generator(trial, copy.deepcopy(model), config_list, log_dir, seed)
     pruner = build.make_pruner(trial["pruner"], trial["mode"], dummy)
