@@ -158,9 +158,12 @@ def test_existing_name_without_resume_is_a_config_error(search, capsys) -> None:
 def test_dry_run_search_stopped_trials_are_pruned_in_optuna(ray_local, tmp_path) -> None:
     """Plumbing through Ray with simulated curves: every 'stopped' trial is PRUNED in Optuna."""
     # plain ASHA (grace period 1) stops trials reliably; which scheduler stops them does
-    # not matter here, only that stopped trials reach Optuna as PRUNED.
+    # not matter here, only that stopped trials reach Optuna as PRUNED. No warm start: the
+    # one-shot warm starts report their at-target score at iteration 1, below every slower
+    # schedule's near-dense first report, so ASHA would stop nothing (its known bias).
     code = main(["--dry-run", "--num-samples", "8", "--max-concurrent", "2", "--seed", "3",
                  "--early-stopping", "asha", "--generators", "agp", "linear", "curve",
+                 "--warm-start", "none", "--screen-fraction", "1",
                  "--storage-path", str(tmp_path), "--name", "dry"])
     assert code == 0
     best = pd.read_csv(tmp_path / "dry" / "best_per_trial.csv")
@@ -171,11 +174,6 @@ def test_dry_run_search_stopped_trials_are_pruned_in_optuna(ray_local, tmp_path)
     for tid, status in zip(best["trial_id"], best["status"]):
         assert state[tid] == expected[status], (tid, status, state[tid])
     assert (best["status"] == "stopped").any() and (best["status"] == "complete").any()
-    # the default warm start (one-shot at three lrs) is the study's first trials, marked in the table
-    warm = best[best["warm_start"]]
-    assert len(warm) == 3 and set(warm["total_iteration"]) == {1} and warm["lr"].nunique() == 3
-    first = sorted(study.trials, key=lambda t: t.number)[:3]
-    assert {t.user_attrs["tune_trial_id"] for t in first} == set(warm["trial_id"])
 
 
 def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_path) -> None:
@@ -197,3 +195,10 @@ def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_pa
     first, second = run("det1"), run("det2")
     assert len(first[0]) == 8
     assert first == second
+    # the default warm start (one-shot at three lrs) is the study's first trials, marked in the table
+    best = pd.read_csv(tmp_path / "det1" / "best_per_trial.csv")
+    warm = best[best["warm_start"]]
+    assert len(warm) == 3 and set(warm["total_iteration"]) == {1} and warm["lr"].nunique() == 3
+    study = optuna.load_study(study_name="det1", storage=journal_storage(tmp_path / "det1"))
+    first_three = sorted(study.trials, key=lambda t: t.number)[:3]
+    assert {t.user_attrs["tune_trial_id"] for t in first_three} == set(warm["trial_id"])
