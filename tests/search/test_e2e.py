@@ -128,8 +128,11 @@ def test_trials_listed_through_ray_state_api(search) -> None:
     actor_ids = set(table["ray_actor_id"].astype(str))
     assert len(actor_ids) == TRIALS
     assert actor_ids <= set(search["seen"]), (actor_ids, search["seen"], search["errors"][-3:])
-    reprs = {v["repr"] for k, v in search["seen"].items() if k in actor_ids}
-    assert all(str(r).startswith("tune_prune:") for r in reprs if r), reprs
+    reprs = [v["repr"] for k, v in search["seen"].items() if k in actor_ids]
+    named = [str(r) for r in reprs if r]  # empty only if an actor was never seen created
+    assert named, reprs  # the dashboard names the trials ...
+    assert all(r.startswith("tune_prune:") for r in named), named
+    assert len(set(named)) == len(named), named  # ... each under its own name
 
 
 def test_optuna_study_on_disk(search) -> None:

@@ -70,7 +70,12 @@ def test_searcher_pickles(tmp_path: Path) -> None:
     t = _searcher(tmp_path, SearchConfig.create(), "best_objective", "max")
     t.restore(str(tmp_path / "state.pkl"))
     t.on_trial_complete("a", _res(1, 0.5, True))
-    pickle.dumps(t)
+    u = pickle.loads(pickle.dumps(t))  # Tune pickles its searcher into experiment snapshots
+    assert u.suggest("b") is not None  # the unpickled searcher still proposes schedules
+    study = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    by_id = {tr.user_attrs["tune_trial_id"]: tr for tr in study.trials}
+    assert by_id["a"].state == TrialState.COMPLETE and by_id["a"].value == 0.5
+    assert set(by_id) == {"a", "b"}
 
 
 def test_trial_replayed_after_resume_does_not_abort_the_search(tmp_path: Path) -> None:
