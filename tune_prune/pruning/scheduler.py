@@ -5,7 +5,7 @@ generator has no task left::
 
     pruner = L1NormPruner(None, None, mode="dependency_aware", dummy_input=x)
     generator = AGPTaskGenerator(10, model, config_list, log_dir=".", keep_intermediate_result=True)
-    scheduler = PruningScheduler(pruner, generator, finetuner=finetuner, speed_up=True,
+    scheduler = PruningScheduler(pruner, generator, finetuner=finetuner, speedup=True,
                                  dummy_input=x, evaluator=evaluator, reset_weight=False)
     scheduler.compress()
     _, model, masks, _, _ = scheduler.get_best_result()
