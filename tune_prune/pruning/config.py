@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from torch import nn
 
@@ -299,13 +298,3 @@ def resolve_config_list(
 def canonical_config_list(model: nn.Module, config_list: Any) -> list[dict[str, Any]]:
     """NNI's canonical form: one ``{op_names, total_sparsity}`` dict per resolved entry."""
     return [entry.to_config() for entry in resolve_config_list(model, config_list)]
-
-
-def weight_counts(model: nn.Module, names: Iterable[str]) -> dict[str, int]:
-    """Number of weight elements of each named module (used to weight sparsities)."""
-    modules = dict(model.named_modules())
-    out = {}
-    for name in names:
-        weight = getattr(modules[name], "weight", None)
-        out[name] = int(weight.numel()) if isinstance(weight, torch.Tensor) else 0
-    return out

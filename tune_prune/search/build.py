@@ -168,41 +168,9 @@ def measure_result(generator: Any, model: nn.Module, masks: Any, dummy_input: An
         "params": count_params(model, masks),
         "macs": None,
     }
-    if hasattr(sp, "removed_weight_fraction"):
-        out["weight_sparsity"] = sp.removed_weight_fraction(origin, model, masks, names)
+    out["weight_sparsity"] = sp.removed_weight_fraction(origin, model, masks, names)
     try:
         out["macs"] = count_macs(model, dummy_input, masks)
     except Exception as exc:  # noqa: BLE001 - a metric must not kill the trial
         logger.warning("count_macs failed on the final result: %r", exc)
     return out
-
-
-def make_scheduler(
-    pruner: Any,
-    generator: Any,
-    finetuner: Any,
-    evaluator: Any,
-    dummy_input: Any,
-    speedup: bool,
-    reset_weight: bool,
-    rewind_steps: int,
-    on_iteration: Any,
-) -> Any:
-    """The PruningScheduler driving one trial.
-
-    With ``reset_weight`` the tickets are evaluated untrained (NNI's order); the
-    trainable retrains the last ticket (the one at the target) itself afterwards.
-    """
-    from tune_prune.pruning.scheduler import PruningScheduler
-
-    return PruningScheduler(
-        pruner,
-        generator,
-        finetuner=finetuner,
-        speedup=speedup,
-        dummy_input=dummy_input,
-        evaluator=evaluator,
-        reset_weight=reset_weight,
-        on_iteration=on_iteration,
-        rewind_steps=rewind_steps,
-    )

@@ -364,6 +364,7 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, r
     import copy
 
     from tune_prune.pruning.measure import count_macs, count_params
+    from tune_prune.pruning.scheduler import PruningScheduler
     from tune_prune.search import build
     from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
 
@@ -416,12 +417,12 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, r
         )
         seed_iteration(seed, reporter.counters.iteration)
 
-    scheduler = build.make_scheduler(
-        pruner, generator, finetuner, evaluator, dummy,
-        speedup=bool(fixed.get("speedup", False)),
-        reset_weight=reset_weight,
-        rewind_steps=build.rewind_steps(trial, workload),
-        on_iteration=on_iteration,
+    # With reset_weight the tickets are evaluated untrained (NNI's order); the last ticket
+    # (the one at the target) is retrained below (_retrain_last_ticket).
+    scheduler = PruningScheduler(
+        pruner, generator, finetuner=finetuner, speedup=bool(fixed.get("speedup", False)),
+        dummy_input=dummy, evaluator=evaluator, reset_weight=reset_weight,
+        on_iteration=on_iteration, rewind_steps=build.rewind_steps(trial, workload),
     )
     holder["scheduler"] = scheduler
     restored_last: Any = None

@@ -29,14 +29,13 @@ from tune_prune.pruning.pruners.base import Pruner
 from tune_prune.pruning.pruners.fpgm import FPGMPruner
 from tune_prune.pruning.pruners.level import LevelPruner
 from tune_prune.pruning.pruners.norm import L1NormPruner, L2NormPruner
-from tune_prune.pruning.pruners.registry import PRUNERS, STATISTICS_PRUNERS, get_pruner_class
+from tune_prune.pruning.pruners.registry import PRUNERS, get_pruner_class
 from tune_prune.pruning.pruners.slim import SlimPruner
 from tune_prune.pruning.pruners.taylor import TaylorFOWeightPruner
 from tune_prune.pruning.pruners.training import trace
 
 __all__ = [
     "PRUNERS",
-    "STATISTICS_PRUNERS",
     "ActivationAPoZRankPruner",
     "ActivationMeanRankPruner",
     "FPGMPruner",

@@ -25,9 +25,6 @@ PRUNERS: dict[str, type[Pruner]] = {
     "mean_activation": ActivationMeanRankPruner,
 }
 
-#: Pruners that need a trainer (statistics collected while training).
-STATISTICS_PRUNERS = frozenset({"slim", "taylorfo", "apoz", "mean_activation"})
-
 
 def get_pruner_class(name: str) -> type[Pruner]:
     """The pruner class registered under ``name`` (case-insensitive)."""
