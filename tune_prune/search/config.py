@@ -346,14 +346,14 @@ class SearchConfig(BaseModel):
             )
         if self.finetune_budget is None and self.finetune_epochs is None:
             raise ValueError("finetune_budget=None needs finetune_epochs (epochs per iteration)")
-        if self.screen_fraction < 1.0 and self.finetune_budget is None:
+        if self.screening and self.finetune_budget is None:
             raise ValueError(
                 f"screen_fraction={self.screen_fraction!r} needs finetune_budget (the budget it is a "
                 "fraction of); with finetune_epochs per iteration use screen_fraction=1"
             )
-        if self.screen_fraction < 1.0 and self.finalists > self.num_samples:
+        if self.screening and self.finalists > self.num_samples:
             raise ValueError(f"finalists={self.finalists!r} exceeds num_samples={self.num_samples!r}")
-        if self.screen_fraction < 1.0 and self.metric_mode_multi:
+        if self.screening and self.metric_mode_multi:
             raise ValueError(
                 f"screen_fraction={self.screen_fraction!r} with multi_objective="
                 f"{self.multi_objective!r}: finalists are picked on one score; screen only single-objective"

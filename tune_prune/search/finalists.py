@@ -68,8 +68,9 @@ def pick_finalists(best: pd.DataFrame, cfg: SearchConfig) -> list[dict[str, Any]
     at_target = best[best["reached_target"].fillna(False).astype(bool)]
     seen: set[str] = set()
     top = _finalists_from(at_target, cfg, seen, cfg.finalists)
-    is_warm = at_target["warm_start"].fillna(False).astype(bool) if "warm_start" in at_target else None
-    warm = at_target[is_warm] if is_warm is not None else at_target.iloc[:0]
+    warm = at_target.iloc[:0]  # best_per_trial always has the column; a hand-made table may not
+    if "warm_start" in at_target:
+        warm = at_target[at_target["warm_start"].fillna(False).astype(bool)]
     return top + _finalists_from(warm.iloc[:1], cfg, seen, 1)  # the best one, unless already in
 
 

@@ -153,8 +153,22 @@ def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, 
     }
 
 
+@dataclass
+class Checked:
+    """What preflight learnt about the workload that the search needs later."""
+
+    higher_is_better: bool
+    #: The split a screened search's finalists are scored on (search.finalists).
+    select_split: str = "val"
+
+
 def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
-    """Check the workload and train/load the dense baseline once; returns higher_is_better.
+    """:func:`check_workload`, returning only higher_is_better."""
+    return check_workload(cfg, say).higher_is_better
+
+
+def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
+    """Check the workload and train/load the dense baseline once.
 
     Runs before any file of the experiment is written and before Ray starts. Raises
     ConfigError when the model has no layer the configured pruning can select (every
@@ -164,7 +178,7 @@ def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
     """
     say = say or (lambda msg: logger.info("%s", msg))
     if cfg.dry_run:
-        return True
+        return Checked(True)
     import torch
 
     from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
@@ -186,6 +200,7 @@ def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
         model = load_or_train_baseline(workload, cfg.seed, cache)
         score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
         test = _check_test_split(cfg, workload, model)
+        split = "val"
         if cfg.screening:
             from tune_prune.search.finalists import resolve_select_split
 
@@ -201,7 +216,7 @@ def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
         f"[{time.perf_counter() - start:.1f} s, cache {cache}, trained in "
         f"{meta.get('train_seconds', '?')} s]"
     )
-    return bool(workload.higher_is_better)
+    return Checked(bool(workload.higher_is_better), split)
 
 
 def _check_test_split(cfg: SearchConfig, workload: Any, model: Any) -> float | None:
@@ -356,7 +371,8 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
             f"name={name!r}: experiment {str(exp_dir)!r} exists; pass resume=True (--resume) or another name"
         )
     # Bad workloads fail here: before the experiment folder exists and before Ray starts.
-    higher = preflight(cfg, say)
+    checked = check_workload(cfg, say)
+    higher = checked.higher_is_better
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         _atomic_write_text(exp_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
@@ -442,7 +458,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         files, table, best = write_results(exp_dir, cfg.model_dump(), higher)
         final = None
         if cfg.screening and not interrupted:
-            final = run_finalists(cfg, exp_dir, best, higher, say)
+            final = run_finalists(cfg, exp_dir, best, checked, say)
             interrupted = final is not None and final.interrupted
     finally:
         if started:
@@ -469,7 +485,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
 
 
 def run_finalists(
-    cfg: SearchConfig, exp_dir: Path, screen_best: pd.DataFrame, higher: bool, say: Printer
+    cfg: SearchConfig, exp_dir: Path, screen_best: pd.DataFrame, checked: Checked, say: Printer
 ) -> FinalStage | None:
     """Run the best screened schedules again at the full budget, scored on the select split.
 
@@ -486,7 +502,7 @@ def run_finalists(
     if not finalists:
         say("final stage: no screened trial reached the target sparsity; nothing to run at the full budget")
         return None
-    split = select_split(cfg)
+    split, higher = checked.select_split, checked.higher_is_better
     say(f"final stage: the best {len(finalists)} screened schedule(s) again at {cfg.full_budget:g} fine-tune "
         f"epochs each (screened at {cfg.screen_budget:g}), picked on the {split!r} split")
     if (final_dir / "tuner.pkl").exists():
@@ -516,21 +532,6 @@ def run_finalists(
     files, table, best = write_results(final_dir, cfg.model_dump(), higher)
     _note_final_in_summary(exp_dir, final_dir, split, best)
     return FinalStage(final_dir, files, table, best, split, grid.num_errors, interrupted=unfinished > 0)
-
-
-def select_split(cfg: SearchConfig) -> str:
-    """The split finalists are scored on (search.finalists.resolve_select_split)."""
-    if cfg.dry_run:
-        return "val"
-    import torch
-
-    from tune_prune.search.finalists import resolve_select_split
-    from tune_prune.workloads import get_workload, load_or_train_baseline
-
-    workload = get_workload(cfg.workload, **cfg.workload_options)
-    model = load_or_train_baseline(workload, cfg.seed, cfg.resolved_baseline_cache())
-    with torch.no_grad():
-        return resolve_select_split(cfg, workload, model)
 
 
 def _note_final_in_summary(exp_dir: Path, final_dir: Path, split: str, best: pd.DataFrame) -> None:
