@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from experiments._common import DEFAULT_CACHE, command_line, machine_lines, write_csv, write_results
+from experiments.search_vs_hand.run import calibrate_channels, parse_target
 
 MODULE = "experiments.headline.run"
 HERE = Path(__file__).resolve().parent
@@ -42,14 +43,6 @@ NNI = "NNI default (AGP 10 x 1 ep, lr 0.01)"
 HAND = ("one-shot", "AGP", "IMP + rewinding")
 SEARCHES = {"search (defaults)": {}, "search, 16 trials": {"num_samples": 16},
             "random search": {"sampler": "random"}}
-
-
-def parse_target(token: str) -> tuple[str, float]:
-    """``w0.95`` -> ('weights', 0.95); ``c4x`` -> ('channels', 4.0), a MACs reduction factor."""
-    kind = {"w": "weights", "c": "channels"}.get(token[:1])
-    if kind is None:
-        raise SystemExit(f"target {token!r}: expected wS (weight sparsity) or cNx (MACs reduction)")
-    return kind, float(token[1:].rstrip("x"))
 
 
 def hand_schedule(method: str, kind: str, budget: float, lr: float, agp_iterations: int) -> dict[str, Any]:
@@ -242,8 +235,6 @@ def main(argv: list[str] | None = None) -> str:
     for token in args.targets:
         kind, value = parse_target(token)
         if kind == "channels":
-            from experiments.search_vs_hand.run import calibrate_channels
-
             value, ratio = calibrate_channels(workload, load_or_train_baseline(workload, 0, args.cache), value)
             header.append(f"{token}: channel sparsity {value:.3f} (L1 one-shot MACs ratio {ratio:.3f} on seed 0)")
         targets[token] = (kind, value)

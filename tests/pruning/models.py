@@ -13,6 +13,19 @@ IMAGE_SHAPE = (2, 3, 8, 8)
 MLP_SHAPE = (4, 16)
 
 
+def conv_linear_net() -> nn.Sequential:
+    """Conv(3->10, 270 w) + conv(10->12, 1080) + linear(192->20, 3840) + linear(20->5, 100), seed 0."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 10, 3),
+        nn.ReLU(),
+        nn.Conv2d(10, 12, 3, bias=False),
+        nn.Flatten(),
+        nn.Linear(12 * 4 * 4, 20),
+        nn.Linear(20, 5),
+    )
+
+
 def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
     """Give every BatchNorm non-trivial affine parameters and running stats."""
     g = torch.Generator().manual_seed(seed)

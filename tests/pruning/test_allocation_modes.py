@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.pruning.models import conv_linear_net as _net
 from tune_prune.errors import ConfigError
 from tune_prune.pruning.pruners import (
     FPGMPruner,
@@ -23,19 +24,6 @@ MODES = ("lamp", "erk")
 
 def _cfg(total: float, **extra: object) -> list[dict[str, object]]:
     return [{"op_types": ["Conv2d", "Linear"], "total_sparsity": total, **extra}]
-
-
-def _net(seed: int = 0) -> nn.Sequential:
-    """Conv(3->10, 270 w) + conv(10->12, 1080) + linear(192->20, 3840) + linear(20->5, 100)."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 10, 3),
-        nn.ReLU(),
-        nn.Conv2d(10, 12, 3, bias=False),
-        nn.Flatten(),
-        nn.Linear(12 * 4 * 4, 20),
-        nn.Linear(20, 5),
-    )
 
 
 LAYERS = ("0", "2", "4", "5")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tests.pruning.models import build, dummy_input
+from tests.pruning.models import conv_linear_net as _net
 from tune_prune.errors import ConfigError, PrunerError
 from tune_prune.pruning.masks import is_wrapped
 from tune_prune.pruning.pruners import (
@@ -19,18 +20,6 @@ from tune_prune.pruning.pruners import (
 )
 
 CHANNEL_PRUNERS = [L1NormPruner, L2NormPruner, FPGMPruner]
-
-
-def _net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 10, 3),
-        nn.ReLU(),
-        nn.Conv2d(10, 12, 3, bias=False),
-        nn.Flatten(),
-        nn.Linear(12 * 4 * 4, 20),
-        nn.Linear(20, 5),
-    )
 
 
 def _direct_metric(cls: type[Pruner], w: torch.Tensor) -> torch.Tensor:
