@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.searcher import JOURNAL_FILE, PruneAwareOptunaSearch, journal_storage
-from tune_prune.search.space import define_space, make_sampler, warm_start_points
+from tune_prune.search.space import define_space, make_sampler
+from tune_prune.search.warm_start import warm_start_points
 
 
 def _searcher(tmp_path: Path, cfg: SearchConfig, metric, mode) -> PruneAwareOptunaSearch:

@@ -13,14 +13,13 @@ from tune_prune.search.space import (
     CURVE_PARAMS,
     REWIND_PARAMS,
     SA_PARAMS,
-    WARM_START_KEYS,
     define_space,
     finetune_calls,
     make_sampler,
     sa_iterations,
     sa_stop_temperature,
-    warm_start_points,
 )
+from tune_prune.search.warm_start import WARM_START_KEYS, warm_start_points
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from tune_prune.pruning.pruners import get_pruner_class
-from tune_prune.pruning.scheduler import Evaluator, Finetuner, OnIteration, PruningScheduler
+from tune_prune.pruning.scheduler import EvaluateFn, FinetuneFn, OnIteration, PruningScheduler
 from tune_prune.pruning.tools import (
     AGPTaskGenerator,
     LinearTaskGenerator,
@@ -69,10 +69,10 @@ class _FormulaPruner(IterativePruner):
         total_iteration: int,
         log_dir: str | Path = ".",
         keep_intermediate_result: bool = False,
-        finetuner: Finetuner | None = None,
+        finetuner: FinetuneFn | None = None,
         speedup: bool = False,
         dummy_input: Any = None,
-        evaluator: Evaluator | None = None,
+        evaluator: EvaluateFn | None = None,
         pruning_params: dict[str, Any] | None = None,
         *,
         on_iteration: OnIteration | None = None,
@@ -114,10 +114,10 @@ class LotteryTicketPruner(IterativePruner):
         total_iteration: int,
         log_dir: str | Path = ".",
         keep_intermediate_result: bool = False,
-        finetuner: Finetuner | None = None,
+        finetuner: FinetuneFn | None = None,
         speedup: bool = False,
         dummy_input: Any = None,
-        evaluator: Evaluator | None = None,
+        evaluator: EvaluateFn | None = None,
         reset_weight: bool = True,
         pruning_params: dict[str, Any] | None = None,
         *,
@@ -146,7 +146,7 @@ class SimulatedAnnealingPruner(IterativePruner):
         self,
         model: nn.Module,
         config_list: list[dict[str, Any]],
-        evaluator: Evaluator,
+        evaluator: EvaluateFn,
         start_temperature: float = 100,
         stop_temperature: float = 20,
         cool_down_rate: float = 0.9,
@@ -155,7 +155,7 @@ class SimulatedAnnealingPruner(IterativePruner):
         pruning_params: dict[str, Any] | None = None,
         log_dir: str | Path = ".",
         keep_intermediate_result: bool = False,
-        finetuner: Finetuner | None = None,
+        finetuner: FinetuneFn | None = None,
         speedup: bool = False,
         dummy_input: Any = None,
         *,

@@ -71,20 +71,31 @@ def _forward_pre_hook(module: nn.Module, _args: object) -> None:
     _apply_module_masks(module)
 
 
-def _check_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+def check_masks(
+    model: nn.Module,
+    masks: Mapping[str, Mapping[str, torch.Tensor]],
+    error: type[Exception] = ConfigError,
+) -> dict[str, nn.Module]:
+    """Reject masks naming a module or tensor ``model`` lacks, or of the wrong shape.
+
+    The one validation every consumer of masks runs (wrapping, measuring, speedup);
+    ``error`` is the exception class to raise (speedup raises SpeedupError). Returns
+    ``model``'s modules by name, which callers need next anyway.
+    """
     modules = dict(model.named_modules())
     for name, per_param in masks.items():
         if name not in modules:
-            raise ConfigError(f"masks: module {name!r} is not in the model")
+            raise error(f"masks: module {name!r} is not in the model")
         for pname, mask in per_param.items():
             param = getattr(modules[name], pname, None)
             if not isinstance(param, torch.Tensor):
-                raise ConfigError(f"masks[{name!r}]: the module has no tensor {pname!r}")
+                raise error(f"masks[{name!r}]: the module has no tensor {pname!r}")
             if tuple(mask.shape) != tuple(param.shape):
-                raise ConfigError(
+                raise error(
                     f"masks[{name!r}][{pname!r}]: shape {tuple(mask.shape)} does not match "
                     f"the tensor's shape {tuple(param.shape)}"
                 )
+    return modules
 
 
 def is_wrapped(model: nn.Module) -> bool:
@@ -97,7 +108,7 @@ def wrap_model(model: nn.Module, masks: Masks) -> nn.Module:
 
     Wrapping an already wrapped model replaces the masks of the named modules.
     """
-    _check_masks(model, masks)
+    check_masks(model, masks)
     _ensure_step_hook()
     modules = dict(model.named_modules())
     for name, per_param in masks.items():
@@ -148,7 +159,7 @@ def held_masks(model: nn.Module) -> Masks:
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     """Multiply the model's tensors by ``masks`` once (no hooks)."""
-    _check_masks(model, masks)
+    check_masks(model, masks)
     modules = dict(model.named_modules())
     for name, per_param in masks.items():
         for pname, mask in per_param.items():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,34 +26,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tune_prune.errors import ConfigError, SpeedupError
 from tune_prune.pruning.dependency import forward
+from tune_prune.pruning.masks import Masks, check_masks
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["count_macs", "count_params", "measure_latency", "sparsity_report"]
 
-Masks = Mapping[str, Mapping[str, torch.Tensor]]
-
-
-def _check_masks(model: nn.Module, masks: Masks) -> dict[str, nn.Module]:
-    """Reject masks naming missing modules/tensors or with the wrong shape."""
-    modules = dict(model.named_modules())
-    for name, entry in masks.items():
-        if name not in modules:
-            raise ConfigError(f"masks: module {name!r} is not in the model")
-        for pname, mask in entry.items():
-            param = getattr(modules[name], pname, None)
-            if not isinstance(param, torch.Tensor) or param.shape != mask.shape:
-                shape = None if param is None else tuple(param.shape)
-                raise ConfigError(
-                    f"masks[{name!r}][{pname!r}]: shape {tuple(mask.shape)} does not match {shape}"
-                )
-    return modules
 
 
 def count_params(model: nn.Module, masks: Masks | None = None) -> int:
     """Number of parameter elements; masked tensors count only their non-zero mask entries."""
     masks = masks or {}
-    modules = _check_masks(model, masks)
+    modules = check_masks(model, masks)
     total = 0
     for mname, module in modules.items():
         entry = masks.get(mname, {})
@@ -103,7 +86,7 @@ def count_macs(model: nn.Module, dummy_input: Any, masks: Masks | None = None) -
     """
     if not masks:
         return _dense_layer_macs(model, dummy_input)[0]
-    _check_masks(model, masks)
+    check_masks(model, masks)
     from tune_prune.pruning.speedup import speedup_model  # speedup imports dependency only
 
     try:
@@ -127,7 +110,7 @@ def sparsity_report(model: nn.Module, masks: Masks) -> dict[str, Any]:
     Returns ``{"layers": {name: {"total": n, "pruned": z, "sparsity": z/n}},
     "total": n_all, "pruned": z_all, "sparsity": z_all/n_all}`` over masked layers.
     """
-    _check_masks(model, masks)
+    check_masks(model, masks)
     layers: dict[str, dict[str, float]] = {}
     n_all = z_all = 0
     for name, entry in masks.items():

@@ -77,8 +77,10 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["PruningScheduler", "Task", "TaskResult"]
 
-Finetuner = Callable[[nn.Module], Any]
-Evaluator = Callable[[nn.Module], Any]
+#: A plain ``f(model)`` that fine-tunes in place (NNI's ``finetuner``).
+FinetuneFn = Callable[[nn.Module], Any]
+#: A plain ``f(model) -> score`` (NNI's ``evaluator``).
+EvaluateFn = Callable[[nn.Module], Any]
 OnIteration = Callable[[TaskResult, dict[str, Any]], Any]
 
 _STATE_FORMAT = "tune_prune.scheduler/1"
@@ -99,10 +101,10 @@ class PruningScheduler:
         self,
         pruner: Any,
         task_generator: TaskGenerator,
-        finetuner: Finetuner | None = None,
+        finetuner: FinetuneFn | None = None,
         speedup: bool = False,
         dummy_input: Any = None,
-        evaluator: Evaluator | None = None,
+        evaluator: EvaluateFn | None = None,
         reset_weight: bool = False,
         *,
         speed_up: bool | None = None,

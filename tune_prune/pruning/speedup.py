@@ -39,6 +39,7 @@ from tune_prune.pruning.dependency import (
     output_modules,
     traced_graph,
 )
+from tune_prune.pruning.masks import Masks, check_masks
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 HISTORY_FORMAT = "tune_prune.speedup/1"
-Masks = dict[str, dict[str, torch.Tensor]]
 
 _CONV = nn.modules.conv._ConvNd
 _BN = nn.modules.batchnorm._BatchNorm
@@ -86,22 +86,6 @@ def _zero_preserving(node: Any) -> bool:
     return any(key in name for key in _ZERO_PRESERVING)
 
 
-def _validate_masks(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-    modules = dict(model.named_modules())
-    for name, entry in masks.items():
-        if name not in modules:
-            raise SpeedupError(f"masks: module {name!r} is not in the model")
-        for pname, mask in entry.items():
-            param = getattr(modules[name], pname, None)
-            if not isinstance(param, torch.Tensor):
-                raise SpeedupError(f"masks[{name!r}]: {pname!r} is not a tensor of the module")
-            if tuple(mask.shape) != tuple(param.shape):
-                raise SpeedupError(
-                    f"masks[{name!r}][{pname!r}]: shape {tuple(mask.shape)} != "
-                    f"parameter shape {tuple(param.shape)}"
-                )
-
-
 def _effective(
     module: nn.Module, pname: str, masks: Mapping[str, Mapping[str, torch.Tensor]], name: str
 ) -> torch.Tensor | None:
@@ -131,7 +115,7 @@ def extend_masks_to_batchnorms(
     Dead = filter row and bias zero after masking (zeros already in the weights count).
     Existing BN masks are kept and multiplied.
     """
-    _validate_masks(model, masks)
+    check_masks(model, masks, SpeedupError)
     out: Masks = {n: {p: m.clone() for p, m in e.items()} for n, e in masks.items()}
     modules = dict(model.named_modules())
     for conv_name, bn_name in following_batchnorms(model, dummy_input).items():
@@ -409,7 +393,7 @@ def speedup_model(
     :func:`rebuild_compact_model`. Raises SpeedupError when the compact model's output
     on `dummy_input` (eval mode) differs from the masked model's by more than `atol`.
     """
-    _validate_masks(model, masks)
+    check_masks(model, masks, SpeedupError)
     work = copy.deepcopy(model)
     was_training = model.training
     work.eval()

@@ -13,17 +13,12 @@ from typing import Any
 
 from torch import nn
 
-from tune_prune.errors import ConfigError
+from tune_prune.search.registry import generator_spec
 
 logger = logging.getLogger(__name__)
 
 #: Per-layer cap in global mode: one layer may not be pruned away entirely.
 GLOBAL_MAX_SPARSITY_PER_LAYER = 0.95
-#: SA re-tries a rejected candidate at most this often before cooling anyway. 0: a
-#: rejected candidate still counts as a cool-down step, so an SA trial runs exactly
-#: total_iteration tasks and keeps to the fine-tune budget like every other schedule.
-SA_MAX_REJECTIONS = 0
-
 
 #: Modes that allocate one total over all layers (one ``total_sparsity`` entry, capped per layer).
 RANKED_MODES = ("global", "lamp", "erk")
@@ -41,7 +36,7 @@ def make_config_list(
     """
     convs = ["Conv1d", "Conv2d"]  # 1-D (mnist1d) and 2-D workloads; a model lacking one is fine
     op_types = [*convs, "Linear"] if sparsity_kind == "weights" else convs
-    if mode in RANKED_MODES or generator == "simulated_annealing":
+    if mode in RANKED_MODES or generator_spec(generator).one_allocation:
         cap = max(GLOBAL_MAX_SPARSITY_PER_LAYER, target)
         return [{"op_types": op_types, "total_sparsity": target, "max_sparsity_per_layer": cap}]
     return [{"op_types": op_types, "sparsity_per_layer": target}]
@@ -84,36 +79,9 @@ def make_pruner(name: str, mode: str, dummy_input: Any) -> Any:
 def make_task_generator(
     trial: dict[str, Any], model: nn.Module, config_list: list[dict[str, Any]], log_dir: Path, seed: int
 ) -> Any:
-    """The task generator the trial chose, with its hyperparameters."""
-    from tune_prune.pruning import tools
-
-    generator = trial["generator"]
-    n = int(trial["total_iteration"])
+    """The task generator the trial chose, with its hyperparameters (the registry builds it)."""
     common = {"log_dir": str(log_dir), "keep_intermediate_result": False}
-    if generator == "agp":
-        return tools.AGPTaskGenerator(n, model, config_list, skip_first_iteration=True, **common)
-    if generator == "linear":
-        return tools.LinearTaskGenerator(n, model, config_list, skip_first_iteration=True, **common)
-    if generator == "lottery_ticket":
-        return tools.LotteryTicketTaskGenerator(n, model, config_list, **common)
-    if generator == "curve":
-        return tools.CurveTaskGenerator(
-            n, model, config_list, exponent=float(trial["curve_exponent"]),
-            skip_first_iteration=True, **common,
-        )
-    if generator == "simulated_annealing":
-        return tools.SimulatedAnnealingTaskGenerator(
-            model,
-            config_list,
-            start_temperature=float(trial["sa_start_temperature"]),
-            stop_temperature=float(trial["sa_stop_temperature"]),
-            cool_down_rate=float(trial["sa_cool_down_rate"]),
-            perturbation_magnitude=float(trial["sa_perturbation_magnitude"]),
-            seed=seed,
-            max_rejections=SA_MAX_REJECTIONS,
-            **common,
-        )
-    raise ConfigError(f"generator: unknown name {generator!r}")
+    return generator_spec(trial["generator"]).build(trial, model, config_list, common, seed)
 
 
 def schedule_finished(generator: Any, measurements: dict[str, Any]) -> bool:

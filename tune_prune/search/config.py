@@ -18,23 +18,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tune_prune.errors import ConfigError
+from tune_prune.search.registry import (
+    DEFAULT_PRUNERS,
+    GENERATOR_NAMES,
+    PRUNER_MODES,
+    generators_help,
+)
+from tune_prune.search.warm_start import warm_start_points
 
 logger = logging.getLogger(__name__)
 
-GENERATORS: tuple[str, ...] = ("agp", "linear", "lottery_ticket", "simulated_annealing", "curve")
-WEIGHT_PRUNERS: tuple[str, ...] = ("level",)
-CHANNEL_PRUNERS: tuple[str, ...] = ("l1", "l2", "fpgm")
-#: Pruner modes the search may choose, per pruner. 'balance' needs a granularity the
-#: search cannot choose sensibly, so it is left out.
-PRUNER_MODES: dict[str, tuple[str, ...]] = {
-    # lamp / erk: layer-adaptive allocations (Lee et al. 2021; Evci et al. 2020), which
-    # keep the small layers alive at 95-98 % where per-layer 'normal' pruning kills them
-    "level": ("normal", "global", "lamp", "erk"),
-    "l1": ("normal", "global", "dependency_aware"),
-    "l2": ("normal", "global", "dependency_aware"),
-    "fpgm": ("normal", "global", "dependency_aware"),
-}
-DEFAULT_PRUNERS: dict[str, tuple[str, ...]] = {"weights": WEIGHT_PRUNERS, "channels": CHANNEL_PRUNERS}
 #: Fine-tune epochs of one schedule by default: half of NNI's default AGP schedule
 #: (10 iterations x 1 epoch), the compute the issue's "match it with <= 50 %" goal allows
 #: (experiments/README.md, "Search vs hand-picked schedules").
@@ -79,11 +72,11 @@ class SearchConfig(BaseModel):
     )
     pruners: list[str] | None = Field(
         None,
-        description="pruners the search may pick (registry names); default: ['level'] for "
-        "weights, ['l1', 'l2', 'fpgm'] for channels",
+        description="pruners the search may pick (registry names); default: "
+        + " and ".join(f"{list(names)} for {kind}" for kind, names in DEFAULT_PRUNERS.items()),
     )
     generators: list[str] = Field(
-        list(GENERATORS), description=f"task generators the search may pick, from {list(GENERATORS)}"
+        list(GENERATOR_NAMES), description=f"task generators the search may pick ({generators_help()})"
     )
     speedup: bool = Field(
         False, description="physically remove pruned channels after each iteration (channels only)"
@@ -254,8 +247,8 @@ class SearchConfig(BaseModel):
             raise ValueError("must name at least one generator")
         out = [v.lower() for v in value]
         for v in out:
-            if v not in GENERATORS:
-                raise ValueError(f"unknown generator {v!r} (known: {list(GENERATORS)})")
+            if v not in GENERATOR_NAMES:
+                raise ValueError(f"unknown generator {v!r} (known: {list(GENERATOR_NAMES)})")
         return list(dict.fromkeys(out))
 
     @model_validator(mode="before")
@@ -378,8 +371,6 @@ class SearchConfig(BaseModel):
                 f"deterministic=True cannot be combined with time_budget_s={self.time_budget_s!r} "
                 "(a wall-clock budget ends the search at a timing-dependent trial)"
             )
-        from tune_prune.search.space import warm_start_points  # space imports this module
-
         if "warm_start" not in self.model_fields_set:
             # the default adapts: a preset that does not fit (one_shot under min_iterations=3)
             # is dropped rather than failing a config that never asked for it
@@ -451,8 +442,6 @@ class SearchConfig(BaseModel):
 
 def _fits(cfg: SearchConfig, entry: str | dict[str, Any]) -> bool:
     """Whether one warm-start entry is valid under ``cfg``."""
-    from tune_prune.search.space import warm_start_points
-
     try:
         warm_start_points(cfg.model_copy(update={"warm_start": [entry]}))
     except ValueError:

@@ -240,7 +240,7 @@ def _check_prunable(cfg: SearchConfig, model: Any) -> None:
     from tune_prune.pruning.config import resolve_config_list
     from tune_prune.pruning.pruners.registry import get_pruner_class
     from tune_prune.search import build
-    from tune_prune.search.config import PRUNER_MODES
+    from tune_prune.search.registry import PRUNER_MODES
 
     seen: set[tuple[str, Any]] = set()
     for pruner in cfg.allowed_pruners:
@@ -350,8 +350,9 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         close_orphaned_trials,
         journal_storage,
     )
-    from tune_prune.search.space import define_space, make_sampler, warm_start_points
+    from tune_prune.search.space import define_space, make_sampler
     from tune_prune.search.trainable import TunePruneTrial
+    from tune_prune.search.warm_start import warm_start_points
 
     say: Printer = printer or (lambda msg: logger.info("%s", msg))
     start = time.perf_counter()

@@ -515,11 +515,11 @@ def _simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None
     """
     import hashlib
 
-    from tune_prune.pruning.tools import formulas
+    from tune_prune.search.registry import generator_spec
 
     target = float(fixed["target_sparsity"])
     n = int(trial["total_iteration"])
-    gen = trial["generator"]
+    curve = generator_spec(trial["generator"]).curve
     h = int(hashlib.sha256(json.dumps(trial, sort_keys=True, default=str).encode()).hexdigest()[:8], 16)
     quality = (h % 1000) / 1000.0  # per-config luck
     dense = {"score": 0.97, "params": 1e5, "macs": 1e6}
@@ -528,16 +528,7 @@ def _simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None
         reporter.restore(restore)
     delay = float(fixed.get("dry_run_delay_s", 0.0))
     for i in range(reporter.counters.iteration + 1, n + 1):
-        if gen == "agp":
-            s = formulas.agp(target, i, n)
-        elif gen == "lottery_ticket":
-            s = formulas.lottery_ticket(target, i, n)
-        elif gen == "curve":
-            s = target * formulas.curve_fraction("poly", i / n, target, float(trial.get("curve_exponent", 3.0)))
-        elif gen == "simulated_annealing":
-            s = target
-        else:
-            s = formulas.linear(target, i, n)
+        s = target if curve is None else curve(target, i, n, trial)  # None: every task at the target
         epochs_cum = reporter.counters.finetune_epochs_cum + float(trial["finetune_epochs"])
         recovery = 1 - math.exp(-epochs_cum / 3)
         score = 0.97 - 0.25 * s**3 * (1.2 - 0.4 * recovery) - 0.05 * quality

@@ -14,6 +14,9 @@ from tune_prune.pruning.pruners.norm import _ChannelPruner
 class _StatsChannelPruner(_ChannelPruner):
     """A channel pruner whose importance comes from running the user's trainer."""
 
+    #: Not searchable yet: the search hands pruners no trainer for the statistics pass.
+    search_modes = None
+
     def __init__(
         self,
         model: nn.Module | None,

@@ -39,10 +39,15 @@ class Pruner:
     ``modes``: the modes it accepts; ``prunable``: module classes it prunes (None: any
     module with a weight); ``default_types``: what ``op_types: ["default"]`` means for
     it (None: NNI's default list); ``channel_wise``: units are output channels (True)
-    or weight elements (False).
+    or weight elements (False); ``kind``: the search's sparsity kind it serves
+    ("weights" or "channels"); ``search_modes``: the modes a schedule search may choose
+    (None: the search does not offer this pruner; ``tune_prune.search.registry`` derives
+    its pruner lists from these two).
     """
 
     modes: ClassVar[tuple[str, ...]] = ("normal",)
+    kind: ClassVar[str] = "weights"
+    search_modes: ClassVar[tuple[str, ...] | None] = None
     prunable: ClassVar[tuple[type[nn.Module], ...] | None] = None
     default_types: ClassVar[tuple[str, ...] | None] = None
     channel_wise: ClassVar[bool] = True

@@ -15,6 +15,8 @@ class _ChannelPruner(Pruner):
     """Output-channel pruner over Conv1d/2d/3d and Linear (NNI's norm-pruner family)."""
 
     modes = ("normal", "global", "dependency_aware")
+    kind = "channels"
+    search_modes = modes
     prunable = CHANNEL_TYPES
     default_types = CHANNEL_DEFAULT_TYPES
 

@@ -22,6 +22,7 @@ class SlimPruner(Pruner):
     """
 
     modes = ("normal", "global")
+    kind = "channels"  # not searchable (search_modes None): it needs a trainer
     prunable = _BN_TYPES
     default_types = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 

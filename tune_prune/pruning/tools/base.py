@@ -47,7 +47,7 @@ from torch import nn
 
 from tune_prune.errors import ConfigError
 from tune_prune.pruning.config import canonical_config_list
-from tune_prune.pruning.masks import masks_to
+from tune_prune.pruning.masks import Masks, masks_to
 
 from ._io import (
     atomic_torch_save,
@@ -61,7 +61,6 @@ from ._io import (
 
 _logger = logging.getLogger(__name__)
 
-Masks = dict[str, dict[str, torch.Tensor]]
 TaskId = int | str
 BestResultMode = Literal["latest", "maximize", "minimize"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-Masks = dict[str, dict[str, torch.Tensor]]
+from tune_prune.pruning.masks import Masks
 
 # The config validator wants sparsities strictly below 1.
 _MAX_SPARSITY = 1.0 - 1e-9
