@@ -13,6 +13,10 @@ from typing import Any
 
 from torch import nn
 
+from tune_prune.pruning.config import resolve_config_list
+from tune_prune.pruning.measure import count_macs, count_params
+from tune_prune.pruning.pruners.registry import get_pruner_class
+from tune_prune.pruning.tools import sparsity as sp
 from tune_prune.search.registry import generator_spec
 
 logger = logging.getLogger(__name__)
@@ -52,7 +56,6 @@ def channel_rounding_slack(model: nn.Module, config_list: list[dict[str, Any]]) 
     slack, so a schedule that reaches all the rounding allows counts as at the target.
     Entries that count one total over their layers (global) do not round per layer: 0.
     """
-    from tune_prune.pruning.config import resolve_config_list
 
     modules = dict(model.named_modules())
     short, total = 0.0, 0
@@ -67,7 +70,6 @@ def channel_rounding_slack(model: nn.Module, config_list: list[dict[str, Any]]) 
 
 def make_pruner(name: str, mode: str, dummy_input: Any) -> Any:
     """An unbound pruner (the scheduler binds it to each task's model)."""
-    from tune_prune.pruning.pruners.registry import get_pruner_class
 
     cls = get_pruner_class(name)
     kwargs: dict[str, Any] = {"mode": mode}
@@ -125,9 +127,6 @@ def rewind_steps(trial: dict[str, Any], workload: Any) -> int:
 
 def measure_result(generator: Any, model: nn.Module, masks: Any, dummy_input: Any) -> dict[str, Any]:
     """Sparsity/params/MACs of a result outside the scheduler (the retrained ticket)."""
-    from tune_prune.pruning.config import resolve_config_list
-    from tune_prune.pruning.measure import count_macs, count_params
-    from tune_prune.pruning.tools import sparsity as sp
 
     origin = generator.origin_model
     names = sorted({n for e in resolve_config_list(origin, generator.origin_config_list) for n in e.module_names})

@@ -8,6 +8,7 @@ naming the field and the value.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from tune_prune.search.registry import (
     generators_help,
 )
 from tune_prune.search.warm_start import warm_start_points
+from tune_prune.workloads.base import LR_SCHEDULES
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +231,6 @@ class SearchConfig(BaseModel):
     @field_validator("lr_schedules")
     @classmethod
     def _check_lr_schedules(cls, value: list[str] | None) -> list[str] | None:
-        from tune_prune.workloads.base import LR_SCHEDULES
-
         if value is None:
             return None
         if not value:
@@ -291,7 +291,6 @@ class SearchConfig(BaseModel):
         out: list[Any] = []
         for item in value:
             if isinstance(item, str) and item.strip().startswith("{"):
-                import json
 
                 try:
                     item = json.loads(item)

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from tune_prune.errors import PrunerError
 from tune_prune.pruning.pruners._stats import _StatsChannelPruner
 
 
@@ -47,8 +48,6 @@ class TaylorFOWeightPruner(_StatsChannelPruner):
         for name in names:
             weight = modules[name].weight
             if not weight.requires_grad:
-                from tune_prune.errors import PrunerError
-
                 raise PrunerError(
                     f"TaylorFOWeightPruner: {name!r}.weight has requires_grad=False, "
                     "so no gradient can be collected"
@@ -69,7 +68,6 @@ class TaylorFOWeightPruner(_StatsChannelPruner):
         return collect
 
     def _finish(self) -> None:
-        from tune_prune.errors import PrunerError
 
         missing = [n for n, c in self._counts.items() if c == 0]
         if missing:
