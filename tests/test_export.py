@@ -80,36 +80,3 @@ def test_export_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(ExportError, match="refusing to overwrite"):
         export_model(foreign, torch.nn.Linear(2, 2), workload="digits")
     assert (foreign / "notes.txt").read_text() == "keep me"
-
-
-def test_result_folder_roundtrip_rebuilds_the_compact_model(tmp_path, pruned):
-    """save_pruned/read_pruned: the same tensors, masks, history and meta; the model is rebuilt."""
-    from tune_prune.pruning.result_folder import (
-        META_FILE,
-        ResultFolderError,
-        read_pruned,
-        save_pruned,
-    )
-
-    workload, model, masks = pruned
-    save_pruned(tmp_path / "r", model, masks, {"task_id": 3, "score": 0.5})
-    files = read_pruned(tmp_path / "r")
-    assert files.meta == {"task_id": 3, "score": 0.5}
-    assert files.history == json.loads(json.dumps(model_history(model)))
-    assert set(files.masks) == set(masks)
-    rebuilt = files.model(workload.build_model())
-    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
-    x = workload.dummy_input()
-    model.eval()
-    rebuilt.eval()
-    assert torch.equal(rebuilt(x), model(x))
-    (tmp_path / "r" / META_FILE).unlink()  # an older folder without metrics still loads
-    assert read_pruned(tmp_path / "r").meta == {}
-    (tmp_path / "r" / "model_state_dict.pth").write_bytes(b"not a tensor file")
-    with pytest.raises(ResultFolderError, match="model_state_dict.pth"):
-        read_pruned(tmp_path / "r")
-    (tmp_path / "r" / "masks.pth").unlink()
-    save_pruned(tmp_path / "r", model, masks, {})
-    (tmp_path / "r" / "masks.pth").unlink()
-    with pytest.raises(ResultFolderError, match="masks.pth"):
-        read_pruned(tmp_path / "r")

@@ -165,14 +165,14 @@ def test_unreported_checkpoint_folder_is_never_picked(tmp_path) -> None:
 
 def test_search_config_write_is_atomic(tmp_path, monkeypatch) -> None:
     path = tmp_path / runner.CONFIG_FILE
-    runner._atomic_write_text(path, json.dumps({"seed": 1}))
+    runner.atomic_write_text(path, json.dumps({"seed": 1}))
 
     def replace(src, dst):
         raise Crash("killed before the rename")
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(Crash):
-        runner._atomic_write_text(path, json.dumps({"seed": 2}))
+        runner.atomic_write_text(path, json.dumps({"seed": 2}))
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"seed": 1}
     assert [p.name for p in tmp_path.iterdir()] == [runner.CONFIG_FILE]

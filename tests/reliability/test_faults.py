@@ -22,6 +22,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from tune_prune.export import MASKS_FILE
 from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.runner import run_search
@@ -105,5 +106,5 @@ def test_killed_worker_resumes_with_identical_masks_and_score(faulty_search, tmp
     assert [r["iteration"] for r in rec.rows] == list(range(1, planned + 1))
     assert raw[-1]["score"] == rec.rows[-1]["score"]
     assert raw[-1]["sparsity"] == rec.rows[-1]["sparsity"]
-    assert_masks_equal(load_masks(Path(row["checkpoint_path"]) / "result" / "masks.pth"),
-                       load_masks(rec.ckpts[-1] / "result" / "masks.pth"))
+    assert_masks_equal(load_masks(Path(row["checkpoint_path"]) / "result" / MASKS_FILE),
+                       load_masks(rec.ckpts[-1] / "result" / MASKS_FILE))

@@ -135,7 +135,7 @@ def _cli_sandbox(monkeypatch_target):
 
     seen: list[SearchConfig] = []
 
-    def fake_run_search(cfg, printer=None):
+    def fake_run_search(cfg, printer=None, status=None):
         seen.append(cfg)
         raise _Accepted()
 

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -29,7 +30,6 @@ def _init_kwargs(monkeypatch, cfg: SearchConfig) -> dict:
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    monkeypatch.setattr(runner, "_dashboard_url", lambda: None)
     env = dict(os.environ)
     runner._start_ray(cfg, "x")
     assert dict(os.environ) == env, "starting Ray changed the environment (auth?)"
@@ -108,3 +108,19 @@ def test_explicit_module_factory_is_imported(no_imports) -> None:
     w = get_workload("tests.reliability.workloads:linear_only", baseline_epochs=0.0)
     assert w.name == "linear_only"
     assert no_imports[0] == "tests.reliability.workloads"  # then only what that module imports
+
+
+def test_dashboard_url_comes_from_the_public_init_context(monkeypatch) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: SimpleNamespace(dashboard_url="127.0.0.1:8265"))
+    assert runner._start_ray(SearchConfig(), "x") == (True, "http://127.0.0.1:8265")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # the caller's own Ray: not ours to report
+    assert runner._start_ray(SearchConfig(), "x") == (False, None)
+
+
+def test_the_package_uses_no_private_ray_or_optuna_module() -> None:
+    offenders = [str(p) for p in PACKAGE.rglob("*.py")
+                 if "ray._private" in p.read_text() or "optuna._" in p.read_text()]
+    assert offenders == []

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tune_prune.errors import TunePruneError, WorkloadError
+from tune_prune.export import MASKS_FILE
 from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.runner import fixed_config
@@ -74,8 +75,8 @@ def test_resume_is_bit_identical_whatever_the_global_rng(tmp_path, rel_baseline_
     assert [r["iteration"] for r in killed.rows + resumed.rows] == [r["iteration"] for r in full.rows]
     for a, b in zip(killed.rows + resumed.rows, full.rows):
         assert a["score"] == b["score"] and a["sparsity"] == b["sparsity"], a["iteration"]
-    assert_masks_equal(load_masks(resumed.ckpts[-1] / "result" / "masks.pth"),
-                       load_masks(full.ckpts[-1] / "result" / "masks.pth"))
+    assert_masks_equal(load_masks(resumed.ckpts[-1] / "result" / MASKS_FILE),
+                       load_masks(full.ckpts[-1] / "result" / MASKS_FILE))
 
 
 def test_ticket_trial_killed_after_last_task_still_reports_retrained_row(
@@ -94,8 +95,8 @@ def test_ticket_trial_killed_after_last_task_still_reports_retrained_row(
     assert [r["iteration"] for r in resumed.rows] == [3]
     assert resumed.rows[-1]["schedule_done"]
     assert resumed.rows[-1]["score"] == full.rows[-1]["score"]
-    assert_masks_equal(load_masks(resumed.ckpts[-1] / "result" / "masks.pth"),
-                       load_masks(full.ckpts[-1] / "result" / "masks.pth"))
+    assert_masks_equal(load_masks(resumed.ckpts[-1] / "result" / MASKS_FILE),
+                       load_masks(full.ckpts[-1] / "result" / MASKS_FILE))
 
 
 def test_diverging_finetune_raises_and_reports_nothing_non_finite(

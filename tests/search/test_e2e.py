@@ -108,7 +108,7 @@ def test_best_table(search) -> None:
     assert list(best["objective"]) == sorted(best["objective"], reverse=True)
     top = best.iloc[0]
     assert top["reached_target"] and 0 < top["score"] <= 1
-    assert Path(top["best_checkpoint"], "result", "model_state_dict.pth").exists()
+    assert Path(top["best_checkpoint"], "result", "model.pt").exists()
     summary = json.loads((search["exp"] / "summary.json").read_text())
     assert summary["best"]["trial_id"] == top["trial_id"]
 

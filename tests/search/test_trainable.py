@@ -60,7 +60,7 @@ def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache) -> No
     assert last["macs_ratio"] < 1 and last["params_ratio"] < 1
     for ck in rec.ckpts:
         assert (ck / T.STATE_FILE).exists() and (ck / T.SCHEDULER_DIR / "scheduler.json").exists()
-        assert (ck / T.RESULT_DIR / "model_state_dict.pth").exists()
+        assert (ck / T.RESULT_DIR / "model.pt").exists() and (ck / T.RESULT_DIR / "spec.json").exists()
 
 
 def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache) -> None:
@@ -136,9 +136,9 @@ def test_layer_adaptive_modes_reach_the_target_with_every_layer_alive(tmp_path, 
     assert config["mode"] == mode
     T.run_schedule(config, rec)
     assert rec.rows[-1]["reached_target"] and abs(rec.rows[-1]["sparsity"] - 0.95) < 0.005
-    from tune_prune.pruning.result_folder import read_pruned
+    from tune_prune.export import load_pruned
 
-    masks = read_pruned(rec.ckpts[-1] / T.RESULT_DIR).masks
+    masks = load_pruned(rec.ckpts[-1] / T.RESULT_DIR).masks  # the folder names its workload
     assert masks and all(bool(m["weight"].any()) for m in masks.values())
 
 

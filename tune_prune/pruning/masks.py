@@ -16,15 +16,14 @@ classes and its names (NNI scripts rely on that): it only adds hooks.
 from __future__ import annotations
 
 import os
-import tempfile
 import weakref
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from tune_prune.atomic import atomic_torch_save
 from tune_prune.errors import ConfigError
 
 Masks = dict[str, dict[str, torch.Tensor]]
@@ -200,17 +199,8 @@ def masks_from_zeros(model: nn.Module, names: list[str] | None = None) -> Masks:
 
 
 def save_masks(masks: Masks, path: str | os.PathLike[str]) -> None:
-    """Write masks atomically (temp file, then rename); load with :func:`load_masks_file`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(masks_to(masks, "cpu"), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write masks (on CPU) atomically; load with :func:`load_masks_file`."""
+    atomic_torch_save(masks_to(masks, "cpu"), path)
 
 
 def load_masks_file(path: str | os.PathLike[str]) -> Masks:

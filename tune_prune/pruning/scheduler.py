@@ -39,12 +39,11 @@ their speedup history), so a killed run continues where it stopped.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,14 +53,13 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from tune_prune.atomic import atomic_dir, recover_dir, write_file
 from tune_prune.errors import ConfigError
 from tune_prune.pruning.config import resolve_config_list
 from tune_prune.pruning.masks import apply_masks, merge_masks, unwrap_model, wrap_model
 from tune_prune.pruning.measure import count_macs, count_params
 from tune_prune.pruning.speedup import speedup_model
 from tune_prune.pruning.tools._io import (
-    atomic_torch_save,
-    atomic_write_json,
     cpu_state_dict,
     extend_history,
     load_tensors,
@@ -69,6 +67,7 @@ from tune_prune.pruning.tools._io import (
     read_json,
     rebuild_model,
     set_model_history,
+    to_jsonable,
 )
 from tune_prune.pruning.tools.base import Masks, Task, TaskGenerator, TaskId, TaskResult
 from tune_prune.pruning.tools.sparsity import removed_fraction, removed_weight_fraction
@@ -84,6 +83,10 @@ EvaluateFn = Callable[[nn.Module], Any]
 OnIteration = Callable[[TaskResult, dict[str, Any]], Any]
 
 _STATE_FORMAT = "tune_prune.scheduler/1"
+
+
+def _state_complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in ("scheduler.json", "generator.json", "tensors.pth"))
 
 
 def _has_zeros(masks: Masks) -> bool:
@@ -384,26 +387,15 @@ class PruningScheduler:
             "python_rng": [version, list(internal), gauss],
             "numpy_rng": _numpy_state(),
         }
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
-            atomic_torch_save(tensors, tmp / "tensors.pth")
-            atomic_write_json(generator_meta, tmp / "generator.json")
-            atomic_write_json(meta, tmp / "scheduler.json")
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(directory, complete=_state_complete) as tmp:
+            write_file(tmp / "tensors.pth", lambda fh: torch.save(tensors, fh))
+            write_file(tmp / "generator.json", lambda fh: json.dump(to_jsonable(generator_meta), fh, indent=2), "w")
+            write_file(tmp / "scheduler.json", lambda fh: json.dump(to_jsonable(meta), fh, indent=2), "w")
 
     def load_state(self, directory: str | os.PathLike[str]) -> None:
         """Continue a run saved by :meth:`save_state` (this scheduler configured the same way)."""
         directory = Path(directory)
+        recover_dir(directory, _state_complete)  # a save_state killed between its two renames
         if not (directory / "scheduler.json").is_file():
             raise ConfigError(f"load_state: {str(directory)!r} holds no saved scheduler state")
         meta = read_json(directory / "scheduler.json")

@@ -150,16 +150,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(getattr(args, "log_level", "WARNING")).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from tune_prune.search.progress import StatusLine
     from tune_prune.search.runner import run_search
 
+    status = StatusLine(sys.stdout)  # in place on a terminal, plain lines when piped
     try:
-        out = run_search(cfg, printer=lambda msg: print(msg, flush=True))
+        out = run_search(cfg, printer=status.log, status=status)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TunePruneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        status.close()  # a half-drawn status line must not swallow what follows
     print_summary(out)
     if out.interrupted:
         return 130

@@ -26,6 +26,7 @@ from tune_prune.search.registry import (
     generators_help,
 )
 from tune_prune.search.warm_start import warm_start_points
+from tune_prune.workloads import resolve_workload_spec
 from tune_prune.workloads.base import LR_SCHEDULES
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,18 @@ class SearchConfig(BaseModel):
     workload: str = Field(
         "digits",
         description="workload spec passed to get_workload: a built-in name ('digits', 'mnist1d', "
-        "'cifar10') or a user workload as 'package.module:factory'",
+        "'cifar10') or your own as 'path/to/file.py:factory' or 'package.module:factory' (a "
+        "relative file path is made absolute, so every Ray worker imports the same file)",
     )
     workload_options: dict[str, Any] = Field(
         default_factory=dict,
         description="keyword overrides for the workload (e.g. baseline_epochs=5, data_dir=...); "
         "flag: --workload-option KEY=VALUE (repeatable, VALUE parsed as JSON when it can be)",
+    )
+    pretrained: str | None = Field(
+        None,
+        description="state dict of your trained model; the search trains no baseline and every "
+        "trial starts from it",
     )
     target_sparsity: float = Field(
         0.8, gt=0.0, lt=1.0, description="sparsity every schedule must reach, in (0, 1)"
@@ -318,12 +325,36 @@ class SearchConfig(BaseModel):
             raise ValueError("may contain only letters, digits and '_.=-'")
         return value
 
+    @field_validator("pretrained")
+    @classmethod
+    def _check_pretrained(cls, value: str | None) -> str | None:
+        """An existing file, as an absolute path: trials run in other working directories."""
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("must name a file (or be none)")
+        try:
+            path = Path(value).expanduser().resolve()
+            exists, is_file = path.exists(), path.is_file()
+        except (OSError, RuntimeError) as exc:  # e.g. a name too long, a symlink loop
+            raise ValueError(f"cannot check {value!r}: {exc}") from None
+        if not exists:
+            raise ValueError(f"no such file: {str(path)!r}")
+        if not is_file:
+            raise ValueError(f"not a file: {str(path)!r}")
+        return str(path)
+
     @field_validator("workload", "storage_path", "dashboard_host")
     @classmethod
     def _non_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("workload")
+    @classmethod
+    def _absolute_workload_file(cls, value: str) -> str:
+        return resolve_workload_spec(value.strip())
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> SearchConfig:

@@ -4,9 +4,10 @@
 score at the target sparsity; trials below the target rank last); for a screened
 search (``screen_fraction < 1``) it is the best finalist, from ``EXPERIMENT/final/``. Its model is the
 ``result/`` folder of the checkpoint Tune wrote with that iteration (the search keeps
-the two best checkpoints of each trial by objective, so it is there), rebuilt from the
-workload's architecture plus the stored speedup history, and written with
-:func:`tune_prune.export.export_model` (state dict, masks, JSON spec, ONNX).
+the two best checkpoints of each trial by objective, so it is there), read with
+:func:`tune_prune.export.load_pruned` (the workload's architecture plus the stored speedup
+history), and written with :func:`tune_prune.export.export_model` (the same folder
+format plus ONNX).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def _pick(*experiments: Path, trial_id: str | None = None) -> dict[str, Any]:
 
 
 def _pick_in(experiment: Path, trial_id: str | None) -> dict[str, Any]:
+    from tune_prune.export import is_pruned_folder
     from tune_prune.search.results import best_per_trial, collect
 
     table = collect(experiment)
@@ -71,7 +73,7 @@ def _pick_in(experiment: Path, trial_id: str | None) -> dict[str, Any]:
             raise ExportError(f"trial_id={trial_id!r} is not a trial of {str(experiment)!r}")
     for _, row in best.iterrows():
         ckpt = str(row.get("best_checkpoint") or "")
-        if ckpt and (Path(ckpt) / "result" / "model_state_dict.pth").exists():
+        if ckpt and is_pruned_folder(Path(ckpt) / "result"):
             if not bool(row.get("reached_target")):
                 logger.warning("no trial reached the target sparsity: exporting %s anyway", row["trial_id"])
             return row.to_dict()
@@ -96,8 +98,7 @@ def export_best(
     onnx: bool = True,
 ) -> Path:
     """Write the best trial's best pruned model (or ``trial_id``'s) to ``out_dir``; return it."""
-    from tune_prune.export import export_model
-    from tune_prune.pruning.result_folder import read_pruned
+    from tune_prune.export import export_model, load_pruned
     from tune_prune.workloads import get_workload
 
     experiment = Path(experiment_dir)
@@ -106,14 +107,10 @@ def export_best(
     config = _search_config(experiment)
     row = _pick(*_ranked_dirs(experiment, trial_id), trial_id=trial_id)
     result = Path(row["best_checkpoint"]) / "result"
-    try:
-        files = read_pruned(result)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ExportError(f"cannot read the pruned model in {str(result)!r}: {exc}") from exc
-    masks, history, meta = files.masks, files.history, files.meta
     options = dict(config.get("workload_options") or {})
     workload = get_workload(config["workload"], **options)
-    model = files.model(workload.build_model())
+    pruned = load_pruned(result, workload)  # ExportError naming the folder and file when unreadable
+    model, masks, history, meta = pruned.model, pruned.masks, pruned.history, pruned.meta
     spec_config = {k: meta[k] for k in SPEC_CONFIG_KEYS if k in meta}
     metrics = {k: meta.get(k, row.get(k)) for k in SPEC_METRIC_KEYS}
     metrics.update(experiment=str(experiment), checkpoint=str(result.parent))

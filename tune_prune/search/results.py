@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from tune_prune.atomic import atomic_write_text
 from tune_prune.search import metrics as M
 
 logger = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ def write_results(
                   for k, v in files.__dict__.items()},
     }
     files.summary_json = exp / "summary.json"
-    files.summary_json.write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(files.summary_json, json.dumps(summary, indent=2, default=str))
     return files, table, best
 
 

@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from ray.tune import Callback
 
-from tune_prune.errors import ConfigError, TunePruneError
+from tune_prune.atomic import atomic_write_text
+from tune_prune.errors import ConfigError, TunePruneError, WorkloadError
 from tune_prune.search import metrics as M
 from tune_prune.search.config import SearchConfig
+from tune_prune.search.live_table import LiveTable
+from tune_prune.search.progress import ProgressCallback, ProgressCounts, StatusLine
 from tune_prune.search.results import ResultFiles, write_results
 
 logger = logging.getLogger(__name__)
@@ -97,16 +99,20 @@ def experiment_name(cfg: SearchConfig) -> str:
 
 
 def _start_ray(cfg: SearchConfig, name: str) -> tuple[bool, str | None]:
-    """Connect to ``cfg.address`` or start a local instance; reuse one already initialised."""
+    """Connect to ``cfg.address`` or start a local instance; reuse one already initialised.
+
+    Returns whether this call started Ray and the dashboard URL from ``ray.init``'s
+    public context (None when Ray was already initialised by the caller, who knows it).
+    """
     import ray
 
     if ray.is_initialized():
-        return False, _dashboard_url()
+        return False, None
     job_config = ray.job_config.JobConfig(metadata={"tune_prune_experiment": name})
     if cfg.address:
-        ray.init(address=cfg.address, job_config=job_config, log_to_driver=False)
+        context = ray.init(address=cfg.address, job_config=job_config, log_to_driver=False)
     else:
-        ray.init(
+        context = ray.init(
             address="local",  # always a new instance: never attach to another user's cluster
             num_cpus=cfg.num_cpus,
             include_dashboard=cfg.include_dashboard,
@@ -115,23 +121,14 @@ def _start_ray(cfg: SearchConfig, name: str) -> tuple[bool, str | None]:
             job_config=job_config,
             log_to_driver=False,
         )
-    return True, _dashboard_url()
+    return True, _http_url(getattr(context, "dashboard_url", None))
 
 
-def _dashboard_url() -> str | None:
-    try:
-        import ray
-
-        url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else None
-        if not url:
-            from ray._private.worker import global_worker
-
-            url = global_worker.node.address_info.get("webui_url")
-        if url and not str(url).startswith("http"):
-            url = f"http://{url}"
-        return url or None
-    except Exception:  # noqa: BLE001 - the URL is informative only
+def _http_url(url: str | None) -> str | None:
+    """``host:port`` as ``http://host:port``; None or empty stays None."""
+    if not url:
         return None
+    return url if str(url).startswith("http") else f"http://{url}"
 
 
 def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, Any]:
@@ -150,6 +147,8 @@ def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, 
         "dry_run": cfg.dry_run,
         "higher_is_better": higher_is_better,
         "test_split": cfg.test_split,
+        # the user's weights every trial starts from (trainable._prune applies them)
+        "pretrained": cfg.pretrained,
     }
 
 
@@ -170,11 +169,16 @@ def preflight(cfg: SearchConfig, say: Printer | None = None) -> bool:
 def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     """Check the workload and train/load the dense baseline once.
 
-    Runs before any file of the experiment is written and before Ray starts. Raises
-    ConfigError when the model has no layer the configured pruning can select (every
-    config_list the search space can produce is resolved on a fresh model) and
-    WorkloadError when ``evaluate`` does not return a finite real number (checked on the
-    fresh model before training, then on the trained baseline).
+    Runs before any file of the experiment is written and before Ray starts, cheapest
+    checks first, each failure a tune_prune error naming its cause: ``build_model()``
+    raising (WorkloadError), no layer the configured pruning can select (ConfigError:
+    every config_list the search space can produce is resolved on a fresh model),
+    ``evaluate`` raising or not returning a finite real number on the fresh model
+    (WorkloadError naming the split), a test/select split the workload cannot evaluate
+    (ConfigError); then the baseline: ``cfg.pretrained`` weights that do not load into
+    the model (WorkloadError listing the keys; nothing is trained then) or a trained
+    baseline whose score is not finite (WorkloadError). Only the baseline step writes,
+    and only to the baseline cache (never the experiment folder).
     """
     say = say or (lambda msg: logger.info("%s", msg))
     if cfg.dry_run:
@@ -182,14 +186,26 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     import torch
 
     from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
-    from tune_prune.workloads.base import check_score
+    from tune_prune.workloads.base import (
+        apply_pretrained,
+        check_score,
+        finite_real,
+        pretrained_label,
+    )
 
-    workload = get_workload(cfg.workload, **cfg.workload_options)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        fresh = workload.build_model()
+    workload = apply_pretrained(get_workload(cfg.workload, **cfg.workload_options), cfg.pretrained)
+    fresh = _build_fresh(cfg, workload)
     _check_prunable(cfg, fresh)
-    check_score(workload, workload.evaluate(fresh, "val"), "untrained model")
+    _check_rewind(cfg, workload)
+    check_score(workload, _evaluate(cfg, workload, fresh, "val", "a freshly built model"), "untrained model")
+    # The splits are checked on the fresh model: a typo costs no baseline training.
+    _check_test_split(cfg, workload, fresh, "untrained model")
+    split = "val"
+    if cfg.screening:
+        from tune_prune.search.finalists import resolve_select_split
+
+        split = resolve_select_split(cfg, workload, fresh)
+    del fresh
     cache = cfg.resolved_baseline_cache()
     start = time.perf_counter()
     threads = torch.get_num_threads()
@@ -198,29 +214,86 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     torch.set_num_threads(max(1, int(cfg.cpus_per_trial)))
     try:
         model = load_or_train_baseline(workload, cfg.seed, cache)
-        score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
+        meta = read_baseline_metadata(workload, cfg.seed, cache) or {}
+        # the user's weights were scored on val just now, or by an earlier search: no second pass
+        score = finite_real(meta.get("val_score")) if workload.pretrained is not None else None
+        if score is None:
+            score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
         test = _check_test_split(cfg, workload, model)
-        split = "val"
-        if cfg.screening:
-            from tune_prune.search.finalists import resolve_select_split
-
-            split = resolve_select_split(cfg, workload, model)
-            say(f"screening at {cfg.screen_fraction:g} of the budget; finalists are picked on {split!r}")
     finally:
         torch.set_num_threads(threads)
-    meta = read_baseline_metadata(workload, cfg.seed, cache) or {}
-    say(
-        f"dense baseline {workload.name} (seed {cfg.seed}): val score {score:.4f}"
-        + (f", {cfg.test_split} score {test:.4f} (reported, never used to choose)" if test is not None else "")
-        + " "
-        f"[{time.perf_counter() - start:.1f} s, cache {cache}, trained in "
-        f"{meta.get('train_seconds', '?')} s]"
-    )
+    del model
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # the driver's cached blocks would stay out of the trials' reach
+    if cfg.screening:
+        say(f"screening at {cfg.screen_fraction:g} of the budget; finalists are picked on {split!r}")
+    test_text = f", {cfg.test_split} score {test:.4f} (reported, never used to choose)" if test is not None else ""
+    seconds = time.perf_counter() - start
+    if workload.pretrained is not None:
+        say(f"dense baseline {workload.name}: your weights from {pretrained_label(workload.pretrained)}, "
+            f"val score {score:.4f} (not trained){test_text} [{seconds:.1f} s, cache {cache}]")
+    else:
+        say(f"dense baseline {workload.name} (seed {cfg.seed}): val score {score:.4f}{test_text} "
+            f"[{seconds:.1f} s, cache {cache}, trained in {meta.get('train_seconds', '?')} s]")
     return Checked(bool(workload.higher_is_better), split)
 
 
-def _check_test_split(cfg: SearchConfig, workload: Any, model: Any) -> float | None:
-    """The baseline's score on ``cfg.test_split``; ConfigError when the workload has no such split."""
+def _check_rewind(cfg: SearchConfig, workload: Any) -> None:
+    """lr_schedule 'rewind' replays the dense baseline's lrs: ConfigError when the baseline
+    is the user's weights and the workload cannot say how they were trained."""
+    from tune_prune.workloads.base import ClassificationWorkload, pretrained_label
+
+    if "rewind" not in (cfg.lr_schedules or []):
+        return
+    lrs = getattr(type(workload), "baseline_lrs", None)
+    if workload.pretrained is not None and (lrs is None or lrs is ClassificationWorkload.baseline_lrs):
+        raise ConfigError(
+            f"lr_schedules={cfg.lr_schedules!r}: 'rewind' replays the dense baseline's learning rates, "
+            f"but the baseline is pretrained weights ({pretrained_label(workload.pretrained)}) that "
+            f"workload {cfg.workload!r}'s baseline schedule did not train; leave 'rewind' out (or "
+            "override the workload's baseline_lrs() with the lrs your training used)"
+        )
+    if lrs is not None:
+        workload.baseline_lrs()  # a workload's own ConfigError, before Ray rather than in each trial
+
+
+def _build_fresh(cfg: SearchConfig, workload: Any) -> Any:
+    """A freshly built model (seeded, on the workload's device); WorkloadError when build_model() fails."""
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = workload.build_model()
+    except TunePruneError:
+        raise
+    except Exception as exc:
+        raise WorkloadError(
+            f"workload {cfg.workload!r}: build_model() failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise WorkloadError(
+            f"workload {cfg.workload!r}: build_model() returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    # evaluate() runs batches on workload.device, and does not move the model there itself
+    return model.to(workload.device)
+
+
+def _evaluate(cfg: SearchConfig, workload: Any, model: Any, split: str, what: str) -> Any:
+    """``workload.evaluate(model, split)``; an exception that is not tune_prune's becomes a
+    WorkloadError naming the split and the cause (chained)."""
+    try:
+        return workload.evaluate(model, split)
+    except TunePruneError:
+        raise
+    except Exception as exc:
+        raise WorkloadError(
+            f"workload {cfg.workload!r}: evaluate(model, {split!r}) failed on {what}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _check_test_split(cfg: SearchConfig, workload: Any, model: Any, what: str = "dense baseline") -> float | None:
+    """``model``'s score on ``cfg.test_split``; ConfigError when the workload has no such split."""
     from tune_prune.workloads.base import check_score
 
     if cfg.test_split is None:
@@ -232,7 +305,12 @@ def _check_test_split(cfg: SearchConfig, workload: Any, model: Any) -> float | N
             f"test_split={cfg.test_split!r}: workload {cfg.workload!r} cannot evaluate it ({exc}); "
             "name another split or pass --test-split none"
         ) from exc
-    return check_score(workload, value, f"dense baseline on {cfg.test_split!r}")
+    except Exception as exc:
+        raise WorkloadError(
+            f"workload {cfg.workload!r}: evaluate(model, {cfg.test_split!r}) failed on the {what}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return check_score(workload, value, f"{what} on {cfg.test_split!r}")
 
 
 def _check_prunable(cfg: SearchConfig, model: Any) -> None:
@@ -262,17 +340,6 @@ def _check_prunable(cfg: SearchConfig, model: Any) -> None:
                     ) from None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a temp file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _trial_id(result: Any) -> str:
     tid = (result.metrics or {}).get("trial_id")
     if not tid and result.path:
@@ -291,7 +358,7 @@ def _write_errors(exp_dir: Path, grid: Any) -> None:
         if result.error is None:
             continue
         errors[_trial_id(result)] = error_message(result.error)
-    _atomic_write_text(exp_dir / ERRORS_FILE, json.dumps(errors, indent=2))
+    atomic_write_text(exp_dir / ERRORS_FILE, json.dumps(errors, indent=2))
 
 
 def error_message(error: Any) -> str:
@@ -307,38 +374,15 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-class ProgressCallback(Callback):
-    """Tune callback printing one line per reported iteration (through the given printer)."""
+def run_search(
+    cfg: SearchConfig, printer: Printer | None = None, status: StatusLine | None = None
+) -> SearchOutcome:
+    """Run (or resume) the search ``cfg`` describes; write and return its results.
 
-    def __init__(self, printer: Printer) -> None:
-        self.printer = printer
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.printer(
-            f"  {trial.trial_id} it {result.get('iteration', '?')}/{_planned(result)} "
-            f"{result.get('generator', '?')}/{result.get('pruner', '?')}:{result.get('mode', '?')} "
-            f"sparsity {result.get('sparsity', float('nan')):.3f} "
-            f"score {result.get('score', float('nan')):.4f} "
-            f"objective {result.get('objective', float('nan')):.4f}"
-            f"{'  [done]' if result.get(M.SCHEDULE_DONE) else ''}"
-        )
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        how = "finished" if last.get(M.SCHEDULE_DONE) else "stopped early"
-        self.printer(f"  {trial.trial_id} {how} after {last.get('iteration', 0)} iteration(s)")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.printer(f"  {trial.trial_id} FAILED (see {trial.path}/error.txt)")
-
-
-def _planned(result: dict[str, Any]) -> str:
-    p = result.get("planned_iterations", -1)
-    return str(p) if isinstance(p, int) and p > 0 else "?"
-
-
-def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutcome:
-    """Run (or resume) the search ``cfg`` describes; write and return its results."""
+    ``printer`` gets the progress messages (default: the logger); ``status`` (the CLI's
+    :class:`~tune_prune.search.progress.StatusLine`) shows trials done / running /
+    stopped / failed, the best score at target and the time left while Tune runs.
+    """
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -376,7 +420,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
     higher = checked.higher_is_better
     exp_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
-        _atomic_write_text(exp_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
+        atomic_write_text(exp_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
 
     # Forced experiment snapshots (num_to_keep) are cheap here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -384,7 +428,9 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
     say(f"experiment {exp_dir}" + (f"  |  Ray dashboard {url}" if url else ""))
     try:
         trainable = TunePruneTrial
-        callbacks = [ProgressCallback(say)]
+        stage = "screening" if cfg.screening else "search"
+        counts = ProgressCounts(total=cfg.num_samples, higher_is_better=higher, stage=stage)
+        callbacks = [ProgressCallback(counts, say, status), LiveTable(exp_dir)]
         if cfg.resume and (exp_dir / "tuner.pkl").exists():
             say(f"resuming {name}")
             tuner = tune.Tuner.restore(
@@ -459,7 +505,7 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
         files, table, best = write_results(exp_dir, cfg.model_dump(), higher)
         final = None
         if cfg.screening and not interrupted:
-            final = run_finalists(cfg, exp_dir, best, checked, say)
+            final = run_finalists(cfg, exp_dir, best, checked, say, status)
             interrupted = final is not None and final.interrupted
     finally:
         if started:
@@ -486,7 +532,8 @@ def run_search(cfg: SearchConfig, printer: Printer | None = None) -> SearchOutco
 
 
 def run_finalists(
-    cfg: SearchConfig, exp_dir: Path, screen_best: pd.DataFrame, checked: Checked, say: Printer
+    cfg: SearchConfig, exp_dir: Path, screen_best: pd.DataFrame, checked: Checked, say: Printer,
+    status: StatusLine | None = None,
 ) -> FinalStage | None:
     """Run the best screened schedules again at the full budget, scored on the select split.
 
@@ -524,7 +571,9 @@ def run_finalists(
                     num_to_keep=2, checkpoint_score_attribute="objective",
                     checkpoint_score_order="max" if higher else "min",
                 ),
-                verbose=0, callbacks=[ProgressCallback(say)],
+                verbose=0,
+                callbacks=[ProgressCallback(ProgressCounts(len(finalists), higher, stage="final"), say, status),
+                           LiveTable(final_dir)],
             ),
         )
     grid = tuner.fit()
@@ -546,7 +595,7 @@ def _note_final_in_summary(exp_dir: Path, final_dir: Path, split: str, best: pd.
     summary["final"] = {"experiment_dir": str(final_dir), "select_split": split,
                         "summary": str(final_dir / "summary.json"),
                         "best": json.loads(json.dumps(pick, default=str)) if pick else None}
-    _atomic_write_text(path, json.dumps(summary, indent=2, default=str))
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
 
 
 def export_best(exp_dir: Path, out_dir: Path) -> dict[str, Any]:

@@ -38,16 +38,17 @@ FAIL with the user attribute ``orphaned`` once the search has ended.
 Storage: the study lives in a JournalStorage file in the experiment folder, readable
 while the search runs: ``optuna-dashboard <experiment>/optuna_journal.log`` or
 ``optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(path)))``.
-The searcher never pickles the study: its state (Tune's snapshots, ``Tuner.restore``) is
-the study name, the storage, the sampler and the map from Tune trial id to Optuna trial
-number; a restored or unpickled searcher reconnects to the study by name
+The searcher never pickles the study. Tune's own snapshot of the searcher object carries
+the study name, the storage and the sampler; :meth:`PruneAwareOptunaSearch.save` writes
+the rest as JSON (the map from Tune trial id to Optuna trial number, and which trials
+are told); a restored or unpickled searcher reconnects to the study by name
 (``create_study(load_if_exists=True)``) on first use.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 import time
 import warnings
 from collections.abc import Callable
@@ -61,6 +62,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from tune_prune.atomic import atomic_write_json
 from tune_prune.search import metrics as M
 
 logger = logging.getLogger(__name__)
@@ -399,12 +401,29 @@ class PruneAwareOptunaSearch(Searcher):
         self._reset_connection()  # reconnect by study name on first use
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        """What Tune checkpoints during a search, as JSON: which Tune trial ran which Optuna
+        trial, which are told, and the metric/mode Tune may have set.
+
+        The study is in its storage, and the space, sampler and storage come back with the
+        searcher object Tune restores from its own experiment snapshot; so a restore needs
+        a persistent storage (the search's journal file), and the sampler restarts from
+        its seed (a resumed search may propose other schedules than an uninterrupted one).
+        """
+        atomic_write_json({
+            "study_name": self._study_name,
+            "metric": self._metric,
+            "mode": self._mode,
+            "numbers": self._numbers,
+            "finished": sorted(self._finished),
+        }, checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        state = json.loads(Path(checkpoint_path).read_text())
+        self._study_name = str(state["study_name"])
+        self._metric, self._mode = state["metric"], state["mode"]
+        self._numbers = {str(k): int(v) for k, v in state["numbers"].items()}
+        self._finished = {str(t) for t in state["finished"]}
+        self._reset_connection()  # reconnect by study name on first use
 
     def __getstate__(self) -> dict[str, Any]:
         return self.get_state()

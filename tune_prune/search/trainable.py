@@ -161,10 +161,12 @@ class Reporter:
         """Report one iteration with a checkpoint.
 
         ``save`` writes the scheduler state (to resume); ``model``/``masks`` are this
-        iteration's pruned model, stored under ``result/`` so the best iteration of the
-        best trial can be exported whatever the generator kept as its best result.
+        iteration's pruned model, stored under ``result/`` (:func:`tune_prune.export.save_pruned`:
+        the trial config, these metrics and the workload go in its ``spec.json``) so the
+        best iteration of the best trial can be exported whatever the generator kept as
+        its best result.
         """
-        from tune_prune.pruning.result_folder import save_pruned
+        from tune_prune.export import save_pruned
 
         result = self.metrics(meas, schedule_done, planned)
         tmp = Path(tempfile.mkdtemp(prefix="tune_prune_ckpt_"))
@@ -172,7 +174,9 @@ class Reporter:
             if save is not None:
                 save(tmp / SCHEDULER_DIR)
             if model is not None:
-                save_pruned(tmp / RESULT_DIR, model, masks or {}, {**self.trial, **result})
+                save_pruned(tmp / RESULT_DIR, model, masks, workload=self.fixed.get("workload"),
+                            workload_options=self.fixed.get("workload_options"), config=self.trial,
+                            metrics=result)
             (tmp / STATE_FILE).write_text(json.dumps(asdict(self.counters)))
             self.report_fn(result, tmp)
         finally:
@@ -246,20 +250,22 @@ def _trial_id() -> str:
 
 
 def load_result(directory: Path, workload: Any) -> Any:
-    """The pruned model a report stored (``result_folder.save_pruned``), as a TaskResult-like namespace.
+    """The pruned model a report stored under ``result/``, as a TaskResult-like namespace.
 
-    ``compact_model`` (rebuilt from the workload's architecture, the speedup history and
-    the state dict, weights_only loading), ``compact_model_masks`` and ``task_id``.
+    A thin call of :func:`tune_prune.export.load_pruned` (which also reads the
+    ``result/`` folders of older checkpoints): ``compact_model`` rebuilt from the
+    workload's architecture, the speedup history and the state dict (weights_only
+    loading) on the workload's device, ``compact_model_masks`` and ``task_id``.
     """
     import types
 
+    from tune_prune.export import load_pruned
     from tune_prune.pruning.masks import masks_to
-    from tune_prune.pruning.result_folder import read_pruned
 
-    files = read_pruned(directory)
-    model = files.model(workload.build_model()).to(workload.device)
-    return types.SimpleNamespace(compact_model=model, compact_model_masks=masks_to(files.masks, workload.device),
-                                 task_id=files.meta.get("task_id", "restored"))
+    pruned = load_pruned(directory, workload)
+    return types.SimpleNamespace(compact_model=pruned.model.to(workload.device),
+                                 compact_model_masks=masks_to(pruned.masks, workload.device),
+                                 task_id=pruned.metrics.get("task_id", "restored"))
 
 
 def _number(value: Any) -> float:
@@ -367,9 +373,12 @@ def _prune(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None, r
     from tune_prune.pruning.scheduler import PruningScheduler
     from tune_prune.search import build
     from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
+    from tune_prune.workloads.base import apply_pretrained
 
     seed = int(fixed["seed"])
-    workload = get_workload(fixed["workload"], **fixed.get("workload_options", {}))
+    # With the user's weights (search --pretrained) the baseline is those, never trained.
+    workload = apply_pretrained(get_workload(fixed["workload"], **fixed.get("workload_options", {})),
+                                fixed.get("pretrained"))
     cache = fixed["baseline_cache_dir"]
     model = load_or_train_baseline(workload, seed, cache)
     meta = read_baseline_metadata(workload, seed, cache) or {}

@@ -16,10 +16,9 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from tune_prune.atomic import atomic_write
 from tune_prune.errors import ConfigError, WorkloadError
 
 try:  # POSIX only; elsewhere the cache still works but is not safe across processes.
@@ -207,6 +207,15 @@ class Workload(ABC):
     ``finetune`` may leave out the ``lr_schedule`` keyword: :class:`Finetuner` passes it
     only when a schedule was asked for (not None), so such a workload works as before
     and only a search that chooses the schedule needs it.
+
+    ``pretrained`` (default None: train the baseline) starts from the user's own trained
+    weights instead: a path of a state dict saved with ``torch.save(model.state_dict(),
+    path)`` (read with ``weights_only=True``; a top-level ``{"state_dict": ...}`` or
+    ``{"model_state_dict": ...}`` checkpoint is accepted too) or the state dict itself.
+    :func:`load_or_train_baseline` then trains nothing: it loads those weights strictly
+    into ``build_model()``. A subclass may set it as a class attribute or in
+    ``__init__``; the search sets it with :func:`apply_pretrained`. The weights' digest is
+    part of :meth:`cache_key`, so other weights never reuse a cached baseline score.
     """
 
     name: ClassVar[str] = "workload"
@@ -215,6 +224,9 @@ class Workload(ABC):
     model_version: ClassVar[str] = "1"
     config: Any = None
     device: torch.device = torch.device("cpu")
+    #: The user's trained weights (a state dict's path, or the state dict) the baseline is
+    #: loaded from instead of trained; None: train it (see the class docstring).
+    pretrained: str | os.PathLike[str] | dict[str, Any] | None = None
 
     @property
     @abstractmethod
@@ -281,8 +293,11 @@ class Workload(ABC):
         )
 
     def cache_key(self) -> str:
-        """Hash of everything that changes the trained baseline (config, class, model version)."""
+        """Hash of everything that changes the baseline (config, class, model version, and the
+        sha256 of the ``pretrained`` weights when they are set)."""
         extra = f"{type(self).__module__}.{type(self).__qualname__}:{self.model_version}"
+        if self.pretrained is not None:
+            extra += f":pretrained={pretrained_digest(self)}"
         return config_hash(self.config, extra)
 
     def train_baseline(self, seed: int = 0) -> nn.Module:
@@ -606,9 +621,19 @@ class InMemorySplits:
 # --------------------------------------------------------------------------- baseline cache
 
 
+def baseline_cache_key(workload: Workload) -> str:
+    """The key a cached baseline is stored and checked under: ``workload.cache_key()``, with
+    the ``pretrained`` weights' digest mixed in even when a subclass's ``cache_key()``
+    override leaves it out (unchanged for a workload without pretrained weights)."""
+    key = workload.cache_key()
+    if getattr(workload, "pretrained", None) is None:
+        return key
+    return hashlib.sha256(f"{key}|pretrained={pretrained_digest(workload)}".encode()).hexdigest()
+
+
 def _baseline_paths(workload: Workload, seed: int, cache_dir: Path) -> tuple[Path, Path, Path]:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", workload.name) or "workload"
-    stem = f"{safe}-seed{seed}-{workload.cache_key()[:16]}"
+    stem = f"{safe}-seed{seed}-{baseline_cache_key(workload)[:16]}"
     return cache_dir / f"{stem}.pt", cache_dir / f"{stem}.json", cache_dir / f"{stem}.lock"
 
 
@@ -629,20 +654,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def read_baseline_metadata(
     workload: Workload, seed: int, cache_dir: str | os.PathLike[str]
 ) -> dict[str, Any] | None:
@@ -659,7 +670,7 @@ def _try_load(workload: Workload, seed: int, weights: Path, meta: Path) -> nn.Mo
         return None
     try:
         info = json.loads(meta.read_text())
-        if info.get("cache_key") != workload.cache_key():
+        if info.get("cache_key") != baseline_cache_key(workload):
             raise ValueError(f"cache_key mismatch: {info.get('cache_key')!r}")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         with torch.random.fork_rng(devices=[]):
@@ -683,9 +694,13 @@ def load_or_train_baseline(
     the commit marker) and serialised by a file lock, so concurrent trials that miss
     the cache wait for one trainer instead of all training. A baseline whose score is
     not a finite real number raises WorkloadError and is not cached.
+
+    With ``workload.pretrained`` set nothing is trained: see :func:`_pretrained_baseline`.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if getattr(workload, "pretrained", None) is not None:
+        return _pretrained_baseline(workload, seed, Path(cache_dir))
     cache = Path(cache_dir)
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -707,11 +722,11 @@ def load_or_train_baseline(
         # A non-number would break the JSON below; NaN would poison every comparison.
         score = check_score(workload, workload.evaluate(model, "val"), "dense baseline")
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        _atomic_write(weights, lambda fh: torch.save(state, fh))
+        atomic_write(weights, lambda fh: torch.save(state, fh))
         info = {
             "workload": workload.name,
             "seed": seed,
-            "cache_key": workload.cache_key(),
+            "cache_key": baseline_cache_key(workload),
             "config": _jsonable_config(workload.config),
             "epochs": workload.baseline_epochs,
             "val_score": score,
@@ -720,7 +735,7 @@ def load_or_train_baseline(
             "torch_version": torch.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _atomic_write(meta, lambda fh: fh.write(json.dumps(info, indent=2)), mode="w")
+        atomic_write(meta, lambda fh: fh.write(json.dumps(info, indent=2)), mode="w")
         logger.info("%s baseline: val score %.4f after %.1f s", workload.name, score, seconds)
     return model
 
@@ -729,3 +744,266 @@ def _jsonable_config(config: Any) -> Any:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return json.loads(json.dumps(dataclasses.asdict(config), default=repr))
     return repr(config)
+
+
+# --------------------------------------------------------------------------- pretrained weights
+
+#: Keys a training checkpoint keeps the model's state dict under (``{"state_dict": ...,
+#: "optimizer": ..., "epoch": ...}``); accepted in place of a bare state dict.
+CHECKPOINT_STATE_KEYS = ("state_dict", "model_state_dict")
+_LIST_KEYS = 12  # keys named per category in a mismatch message
+
+
+def apply_pretrained(workload: Workload, pretrained: Any) -> Workload:
+    """Set ``workload.pretrained`` (validated) and return the workload; None changes nothing.
+
+    ``pretrained``: the path of a state dict file (str or PathLike; stored absolute) or a
+    state dict (a mapping of names to tensors). A missing file is a WorkloadError naming
+    it, a model or another type a ConfigError. What the file holds is checked when the
+    weights are loaded (:func:`load_or_train_baseline`).
+    """
+    if pretrained is None:
+        return workload
+    name = getattr(workload, "name", type(workload).__name__)
+    if isinstance(pretrained, nn.Module):
+        raise ConfigError(
+            f"{name}: pretrained is a {type(pretrained).__name__} model; pass its state dict "
+            "(model.state_dict()) or the path of torch.save(model.state_dict(), PATH)"
+        )
+    if isinstance(pretrained, str | os.PathLike):
+        path = Path(pretrained).expanduser().absolute()
+        if not _is_file(path):
+            raise WorkloadError(
+                f"{name}: pretrained weights {str(path)!r} "
+                f"{'are a directory, not a file' if path.is_dir() else 'do not exist'}"
+            )
+        value: Any = str(path)
+    elif isinstance(pretrained, Mapping):
+        value = pretrained
+    else:
+        raise ConfigError(
+            f"{name}: pretrained must be a state dict file's path or a state dict, "
+            f"got a {type(pretrained).__name__}"
+        )
+    workload.pretrained = value
+    workload.__dict__.pop("_pretrained_memo", None)
+    return workload
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
+def pretrained_label(pretrained: Any) -> str:
+    """How metadata and messages name the weights: the path, or ``"<dict>"``."""
+    return "<dict>" if isinstance(pretrained, Mapping) else os.fspath(pretrained)
+
+
+def state_dict_digest(state: Mapping[str, Any]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and tensor bytes (order-independent)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(f"{key}\0".encode())
+        if isinstance(value, Tensor):
+            t = value.detach()
+            if t.layout != torch.strided:
+                t = t.to_dense()
+            if t.is_quantized:
+                t = t.int_repr()
+            t = t.cpu().contiguous().reshape(-1)
+            digest.update(f"{t.dtype}{tuple(value.shape)}\0".encode())
+            digest.update(t.view(torch.uint8).numpy())
+        else:  # e.g. a module's _extra_state
+            digest.update(f"{type(value).__name__}:{value!r}\0".encode())
+    return digest.hexdigest()
+
+
+def _source_id(pretrained: Any) -> tuple[Any, ...]:
+    """What a memoised digest is valid for: the file's path, size and mtime, or the dict."""
+    if isinstance(pretrained, Mapping):
+        return ("dict", id(pretrained))
+    path = Path(pretrained).expanduser()
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return ("path", str(path), None)
+    return ("path", str(path), st.st_size, st.st_mtime_ns)
+
+
+def pretrained_digest(workload: Workload) -> str:
+    """The sha256 (:func:`state_dict_digest`) of ``workload.pretrained``'s weights.
+
+    Memoised on the workload while the file (path, size, mtime) or the dict object is
+    the same, so ``cache_key()`` reads the file once; WorkloadError as
+    :func:`load_pretrained_state`.
+    """
+    source = workload.pretrained
+    memo = workload.__dict__.get("_pretrained_memo")
+    if memo is not None and memo[0] == _source_id(source) and memo[1] is source:
+        return memo[2]
+    return load_pretrained_state(workload)[1]
+
+
+def load_pretrained_state(workload: Workload) -> tuple[Mapping[str, Any], str]:
+    """(state dict, sha256) of ``workload.pretrained``; WorkloadError naming the file when
+    it is missing, unreadable with ``weights_only=True`` (a pickled model) or not a state dict."""
+    source = workload.pretrained
+    name = getattr(workload, "name", type(workload).__name__)
+    if source is None:
+        raise WorkloadError(f"{name}: no pretrained weights are set")
+    label = pretrained_label(source)
+    if isinstance(source, Mapping):
+        obj: Any = source
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source).expanduser()
+        if not _is_file(path):
+            raise WorkloadError(f"{name}: pretrained weights {label!r} do not exist (or are not a file)")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+            raise WorkloadError(
+                f"{name}: cannot load pretrained weights {label!r} with torch.load(weights_only=True): "
+                f"{type(exc).__name__}: {first[:300]}. Save the state dict, "
+                "torch.save(model.state_dict(), PATH): a whole pickled model is refused (loading it "
+                "would run code)"
+            ) from exc
+    else:
+        raise ConfigError(f"{name}: pretrained must be a path or a state dict, got a {type(source).__name__}")
+    state = _as_state_dict(obj, name, label)
+    digest = state_dict_digest(state)
+    workload.__dict__["_pretrained_memo"] = (_source_id(source), source, digest)
+    return state, digest
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and all(
+        isinstance(k, str) and (isinstance(v, Tensor) or k.endswith("_extra_state")) for k, v in obj.items()
+    )
+
+
+def _as_state_dict(obj: Any, name: str, label: str) -> Mapping[str, Any]:
+    """``obj`` as a state dict: itself, or a checkpoint's ``state_dict`` entry; else WorkloadError."""
+    if _is_state_dict(obj):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in CHECKPOINT_STATE_KEYS:
+            if _is_state_dict(obj.get(key)):
+                logger.info("%s: pretrained weights %s: using the checkpoint's %r entry", name, label, key)
+                return obj[key]
+        keys = [repr(k) for k in list(obj)[:_LIST_KEYS]]
+        bad = [repr(k) for k, v in obj.items() if not isinstance(v, Tensor)][:_LIST_KEYS]
+        what = (f"a {type(obj).__name__} with keys [{', '.join(keys)}{', ...' if len(obj) > _LIST_KEYS else ''}] "
+                f"whose entries [{', '.join(bad)}] are not tensors")
+    else:
+        what = f"a {type(obj).__name__}"
+    raise WorkloadError(
+        f"{name}: pretrained weights {label!r} are not a state dict (a mapping of parameter names to "
+        f"tensors, or a checkpoint holding one under {' or '.join(map(repr, CHECKPOINT_STATE_KEYS))}): "
+        f"got {what}"
+    )
+
+
+def _some(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_KEYS])
+    return shown + (f", ... ({len(keys) - _LIST_KEYS} more)" if len(keys) > _LIST_KEYS else "")
+
+
+def load_pretrained_into(workload: Workload, model: nn.Module, state: Mapping[str, Any]) -> None:
+    """``model.load_state_dict(state, strict=True)``; WorkloadError listing the missing and
+    unexpected keys and the shape mismatches, naming the weights, when they do not fit."""
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except Exception as exc:  # noqa: BLE001 - reported below with the keys spelled out
+        error = exc
+    name = getattr(workload, "name", type(workload).__name__)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} (weights {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and isinstance(state[k], Tensor) and isinstance(own[k], Tensor)
+        and state[k].shape != own[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_some(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_some(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatches ({len(shapes)}): {_some(shapes)}")
+    if not parts:
+        parts.append(f"{type(error).__name__}: {error}")
+    hint = ""
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        hint = (" (saved from a DataParallel/DistributedDataParallel wrapper? save model.module.state_dict(),"
+                " or strip the 'module.' prefix of every key)")
+    raise WorkloadError(
+        f"{name}: pretrained weights {pretrained_label(workload.pretrained)!r} do not fit the model "
+        f"build_model() returns ({type(model).__name__}): " + "; ".join(parts) + hint
+    ) from error
+
+
+def _pretrained_baseline(workload: Workload, seed: int, cache: Path) -> nn.Module:
+    """The baseline from ``workload.pretrained``: built (seeded), loaded strictly, not trained.
+
+    The weights are read and checked before anything is written. The first call for
+    these weights evaluates the model once on val and writes the cache's metadata JSON
+    (val_score, ``pretrained``: the path or "<dict>", ``pretrained_sha256``, epochs 0,
+    train_seconds 0) so trials read the score instead of evaluating again; no copy of the
+    weights is cached (every call reads them from ``pretrained``).
+    """
+    state, digest = load_pretrained_state(workload)
+    label = pretrained_label(workload.pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = workload.build_model()
+    load_pretrained_into(workload, model, state)
+    del state
+    model.to(workload.device)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkloadError(f"cannot create baseline cache_dir {str(cache)!r}: {exc}") from exc
+    _, meta, lock = _baseline_paths(workload, seed, cache)
+    key = baseline_cache_key(workload)
+
+    def recorded() -> bool:
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(info, dict) and info.get("cache_key") == key
+                and info.get("pretrained_sha256") == digest and finite_real(info.get("val_score")) is not None)
+
+    if recorded():
+        return model
+    with _file_lock(lock):
+        if recorded():  # another process evaluated these weights meanwhile
+            return model
+        start = time.perf_counter()
+        score = check_score(workload, workload.evaluate(model, "val"), f"pretrained weights {label}")
+        info = {
+            "workload": workload.name,
+            "seed": seed,
+            "cache_key": key,
+            "config": _jsonable_config(workload.config),
+            "pretrained": label,
+            "pretrained_sha256": digest,
+            "epochs": 0,
+            "val_score": score,
+            "higher_is_better": workload.higher_is_better,
+            "train_seconds": 0,
+            "eval_seconds": round(time.perf_counter() - start, 3),
+            "torch_version": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write(meta, lambda fh: fh.write(json.dumps(info, indent=2)), mode="w")
+    logger.info("%s baseline: pretrained weights %s, val score %.4f (not trained)", workload.name, label, score)
+    return model

@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -21,37 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from tune_prune import atomic
 from tune_prune.pruning.speedup import rebuild_compact_model
 
 _HISTORY_ATTR = "_tune_prune_speedup_history"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """torch.save tensors/dicts through a temp file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save tensors/dicts atomically (:func:`tune_prune.atomic.atomic_torch_save`)."""
+    atomic.atomic_torch_save(obj, path)
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write JSON through a temp file and a rename (readable, diffable, never half written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(to_jsonable(obj), f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write :func:`to_jsonable` ``obj`` as JSON atomically (readable, diffable, never half written)."""
+    atomic.atomic_write_json(to_jsonable(obj), path)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

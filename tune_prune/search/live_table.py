@@ -1,0 +1,59 @@
+"""``trials_live.csv``: every reported iteration, appended as it arrives.
+
+The full result tables (``results.write_results``) are built once, when a search ends,
+from the trial folders. A search that runs for hours needs something to look at before
+that: this Tune callback appends one CSV row per report to the experiment folder (the
+header once), so the cost per report is one short append whatever the number of trials,
+never a rebuild from every trial. ``pandas.read_csv`` reads it at any time.
+
+A resumed search keeps appending; a trial restored from its checkpoint may report an
+iteration again, so the live file can hold a row twice (the final tables keep the last).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+LIVE_FILE = "trials_live.csv"
+#: The columns of a live row: the trial's identity, its schedule and what it reported.
+COLUMNS = (
+    "trial_id", "stage", "iteration", "planned_iterations", "schedule_done",
+    "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "lr_schedule",
+    "reset_weight", "warm_start", "score", "test_score", "sparsity", "reached_target",
+    "objective", "params", "macs", "finetune_epochs_cum", "time_total_s", "timestamp",
+)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return ""  # nested values (configs, lists) stay in the trial folders
+
+
+class LiveTable(Callback):
+    """Append each reported row to ``experiment_dir / trials_live.csv``."""
+
+    def __init__(self, experiment_dir: str | Path) -> None:
+        self.path = Path(experiment_dir) / LIVE_FILE
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if new:
+            writer.writerow(COLUMNS)
+        row = {**(trial.config or {}), **result, "trial_id": trial.trial_id}
+        finalist = (trial.config or {}).get("finalist")
+        if isinstance(finalist, dict):
+            row = {**finalist, **row}
+        writer.writerow([_cell(row.get(key)) for key in COLUMNS])
+        with open(self.path, "a", encoding="utf-8", newline="") as fh:
+            fh.write(buffer.getvalue())  # one write per report: a reader never sees half a row's header
