@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,14 @@ def _check_custom(out: str) -> None:
     assert 0.5 < float(out) <= 1.0  # the best score of the custom schedule
 
 
+def _check_own_model(out: str) -> None:
+    """The user's factory builds a workload that scores the user's trained weights."""
+    m = re.fullmatch(r"val accuracy of my weights: ([\d.]+)", out)
+    assert m and 0.8 < float(m.group(1)) <= 1.0, out
+
+
 CHECKS = {"L1NormPruner(model, config_list": _check_one_shot, "AGPTaskGenerator(": _check_iterative,
-          "class HalveTheRest": _check_custom}
+          "class HalveTheRest": _check_custom, "from_dataloaders(build_model": _check_own_model}
 
 
 def test_readme_has_examples():
@@ -49,6 +56,8 @@ def test_readme_has_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # a script's own folder is importable, as when run
+    monkeypatch.delitem(sys.modules, "my_workload", raising=False)
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out.strip()
     assert out  # every example prints its result

@@ -165,3 +165,14 @@ def test_the_example_file_spec_resolves(monkeypatch: pytest.MonkeyPatch) -> None
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)
     assert resolve_workload_spec("examples/own_model.py:workload") == f"{repo / 'examples' / 'own_model.py'}:workload"
+
+
+def test_search_config_makes_a_file_spec_absolute_and_names_the_experiment_after_it(tmp_path, monkeypatch) -> None:
+    from tune_prune.search.config import SearchConfig
+    from tune_prune.search.runner import experiment_name
+
+    monkeypatch.chdir(tmp_path)
+    cfg = SearchConfig.create(workload="models/my_net.py:factory")
+    assert cfg.workload == f"{tmp_path / 'models' / 'my_net.py'}:factory"
+    assert experiment_name(cfg).startswith("my_net_factory-weights-0.8-")
+    assert SearchConfig.create(workload="pkg.mod:factory").workload == "pkg.mod:factory"

@@ -94,7 +94,11 @@ def experiment_name(cfg: SearchConfig) -> str:
             raise ConfigError(f"resume=True: no experiment to resume under storage_path={cfg.storage_path!r}")
         return found[-1].name
     target = f"{cfg.target_sparsity:g}"
-    workload = "".join(ch if ch.isalnum() else "_" for ch in cfg.workload)
+    spec = cfg.workload
+    if ".py:" in spec:  # a file spec, absolute by now: its file name and factory say enough
+        path, _, factory = spec.rpartition(":")
+        spec = f"{Path(path).stem}_{factory}"
+    workload = "".join(ch if ch.isalnum() else "_" for ch in spec)
     return f"{workload}-{cfg.sparsity_kind}-{target}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
