@@ -71,7 +71,7 @@ def tune_prune_compact(model: nn.Module, x: torch.Tensor, sparsity: float) -> nn
                           mode="dependency_aware", dummy_input=x)
     _, masks = pruner.compress()
     pruner._unwrap_model()
-    compact, remaining, _ = speedup_model(work, masks, x)
+    compact, remaining, _ = speedup_model(work, masks, x, inplace=True)  # work: our copy
     if remaining:
         raise RuntimeError(f"speedup left masks on {sorted(remaining)}")
     return compact

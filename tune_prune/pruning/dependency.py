@@ -19,6 +19,16 @@ Conventions
   the allocation prunes the same number of channels in every contiguous block.
   Depthwise convolutions are channel-coupled instead (same indices as their producer),
   which is stricter than NNI's count constraint and is what physical removal needs.
+* One trace serves everything: :func:`analyse` traces a model once and keeps only
+  name-based facts (groups, the BatchNorms and consumer layers of each group, output
+  layers, following BatchNorms, the removal plan :mod:`speedup` executes). The result
+  is cached per *structure* (module names, classes, non-tensor attributes, hooks,
+  parameter/buffer shapes, and the dummy input's shapes/dtypes; never weight values),
+  so a pruner's dependency-aware allocation and the speedup that follows, or every
+  iteration of a schedule on an unchanged architecture, trace once.
+  :func:`clear_analysis_cache` empties it; ``ANALYSIS_CACHE_SIZE = 0`` turns it off.
+  A model whose forward takes a different path for equal structure and input shapes
+  (data-dependent control flow, a flag kept outside its modules) must clear the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +51,12 @@ from tune_prune.errors import ConfigError, SpeedupError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ANALYSIS_CACHE_SIZE",
+    "Analysis",
     "ChannelGroup",
+    "analyse",
     "channel_groups",
+    "clear_analysis_cache",
     "dependency_aware_masks",
     "following_batchnorms",
     "output_modules",
@@ -55,12 +71,23 @@ class ChannelGroup:
 
     ``members[name][k]`` is the group channel index of output channel ``k`` of layer
     ``name``; a group channel may be produced by only some members (concat segments).
+    ``batchnorms[bn]`` and ``consumers[layer]`` are ``(own indices, group channels)``
+    pairs: the BatchNorm channels that normalise the group's channels, and the input
+    channels (Linear after a flatten: input features) of the Conv/Linear layers that
+    read them (depthwise convs are members, not consumers). They serve group
+    importance (``bn_scale``, ``input_weights`` of the channel pruners).
     """
 
     members: dict[str, tuple[int, ...]]
     num_channels: int
     num_groups: int = 1
     feeds_output: bool = False
+    batchnorms: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    consumers: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
     _inverse: dict[str, dict[int, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +136,11 @@ def forward(model: nn.Module, dummy_input: Any) -> Any:
 
 
 @contextlib.contextmanager
-def traced_graph(model: nn.Module, dummy_input: Any) -> Iterator[tp.DependencyGraph]:
+def traced_graph(
+    model: nn.Module,
+    dummy_input: Any,
+    forward_fn: Callable[[nn.Module, Any], Any] = forward,
+) -> Iterator[tp.DependencyGraph]:
     """Build a torch-pruning DependencyGraph, restoring train mode and requires_grad after.
 
     Tracing relies on autograd, so every parameter must require grad while it runs;
@@ -123,7 +154,7 @@ def traced_graph(model: nn.Module, dummy_input: Any) -> Iterator[tp.DependencyGr
         with torch.enable_grad():
             try:
                 graph = tp.DependencyGraph().build_dependency(
-                    model, dummy_input, forward_fn=forward, verbose=False
+                    model, dummy_input, forward_fn=forward_fn, verbose=False
                 )
             except Exception as exc:  # torch-pruning raises bare asserts / shape errors
                 raise SpeedupError(
@@ -143,28 +174,7 @@ def output_modules(model: nn.Module, dummy_input: Any) -> set[str]:
     torch-pruning only sees an explicit output node when the last op is not a module, so
     the classifier (`return self.fc(x)`) must be found by tensor identity.
     """
-    outs: dict[int, str] = {}
-    hooks = []
-    names = {m: n for n, m in model.named_modules()}
-
-    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            outs[id(out)] = names[mod]
-
-    for m in model.modules():
-        if isinstance(m, (*_PRUNABLE, nn.modules.batchnorm._BatchNorm)):
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            result = forward(model, dummy_input)
-            model.train(was_training)
-    finally:
-        for h in hooks:
-            h.remove()
-    flat = tp.utils.flatten_as_list(result)
-    return {outs[id(t)] for t in flat if isinstance(t, torch.Tensor) and id(t) in outs}
+    return set(analyse(model, dummy_input).outputs)
 
 
 class _UnionFind:
@@ -197,58 +207,331 @@ def _out_len(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
 
 
-def channel_groups(
-    model: nn.Module, dummy_input: Any, module_names: Sequence[str] | None = None
-) -> list[ChannelGroup]:
-    """Groups of Conv/Linear layers whose output channels must be pruned with equal indices.
+# ------------------------------------------------------------------------------ analysis
 
-    Returns every traced Conv/Linear layer in exactly one group (model order). With
-    `module_names`, only groups containing at least one named layer are returned, still
-    with all their members. Unknown names raise ConfigError.
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One (node, pruning function) of a torch-pruning group, by name (see :class:`Analysis`).
+
+    ``optype``: torch-pruning's node type name (``"CONV"``, ``"BN"``, ``"ELEMENTWISE"``,
+    ...); ``name``: the module's name (None for non-module nodes); ``is_out``: the item
+    prunes output channels; ``idxs`` / ``root_idxs``: the node's channel indices and the
+    root channel each comes from; ``outside_input``: a channel-preserving op fed by a
+    tensor outside the graph (model input, buffer, constant); ``op_name``: the autograd
+    function's lower-case name (element-wise ops); ``single_output``: the module name
+    of the node's only consumer node, when it has exactly one.
     """
+
+    optype: str
+    name: str | None
+    is_out: bool
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+    outside_input: bool
+    op_name: str
+    single_output: str | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything one trace tells about a model's channel structure, by module name.
+
+    ``groups``: :func:`channel_groups` (every traced Conv/Linear layer, model order);
+    ``outputs``: :func:`output_modules`; ``following``: :func:`following_batchnorms`;
+    ``plan``: torch-pruning's groups in ``get_all_groups`` order (roots Conv/Linear,
+    each layer's output channels in one group, full channel ranges, original indices),
+    which :func:`tune_prune.pruning.speedup.speedup_model` evaluates and executes.
+    """
+
+    groups: tuple[ChannelGroup, ...]
+    outputs: frozenset[str]
+    following: Mapping[str, str]
+    plan: tuple[tuple[PlanItem, ...], ...]
+
+
+#: Analyses kept (least recently used dropped first); 0 turns the cache off.
+ANALYSIS_CACHE_SIZE = 32
+_CACHE: OrderedDict[Any, Analysis] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_SKIP_ATTRS = frozenset({"_parameters", "_buffers", "_modules", "training"})
+
+
+def clear_analysis_cache() -> None:
+    """Forget every cached :class:`Analysis` (the next call traces again)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _qualname(obj: Any) -> str:
+    target = getattr(obj, "__func__", obj)
+    qual = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{getattr(target, '__module__', '')}.{qual}"
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _token(value: Any, depth: int = 0) -> Any:
+    """A hashable, value-based stand-in for a module attribute (structure, not weights)."""
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
+    if isinstance(value, (torch.dtype, torch.device, torch.Size)):
+        return str(value)
+    if depth < 3 and isinstance(value, (tuple, list)) and len(value) <= 256:
+        return (type(value).__name__, tuple(_token(v, depth + 1) for v in value))
+    if depth < 3 and isinstance(value, Mapping) and len(value) <= 256:
+        return ("map", tuple((repr(k), _token(v, depth + 1)) for k, v in value.items()))
+    if depth < 3 and isinstance(value, (set, frozenset)) and len(value) <= 256:
+        return ("set", tuple(sorted(repr(_token(v, depth + 1)) for v in value)))
+    if isinstance(value, (bool, int, float, str)):  # subclasses (enums, ...)
+        return (_qualname(type(value)), repr(value))
+    if callable(value):
+        return ("callable", _qualname(value))
+    return ("object", _qualname(type(value)))
+
+
+#: tune_prune's own mask hook multiplies weights in place (no autograd op): the graph
+#: of a wrapped model is the unwrapped one's, so its state is left out of the key.
+_MASK_HOOK = "tune_prune.pruning.masks._forward_pre_hook"
+_MASK_ATTR_PREFIX = "_tune_prune_"
+
+
+def _module_token(m: nn.Module) -> tuple[Any, ...]:
+    attrs = []
+    for k, v in vars(m).items():
+        if k in _SKIP_ATTRS or k.startswith(_MASK_ATTR_PREFIX):
+            continue
+        if "hooks" in k and isinstance(v, Mapping):
+            # keyed by handle ids, which change with every registration: values only
+            hooks = tuple(t for t in (_token(h) for h in v.values()) if t != ("callable", _MASK_HOOK))
+            attrs.append((k, hooks))
+        else:
+            attrs.append((k, _token(v)))
+    attrs.sort(key=lambda kv: kv[0])
+    params = tuple(
+        (n, None if p is None else (tuple(p.shape), p.dtype)) for n, p in m._parameters.items()
+    )
+    buffers = tuple(
+        (n, None if b is None else (tuple(b.shape), b.dtype)) for n, b in m._buffers.items()
+    )
+    return (_qualname(type(m)), tuple(attrs), params, buffers)
+
+
+def structure_key(model: nn.Module, dummy_input: Any) -> Any:
+    """What an :class:`Analysis` depends on: module tree, classes, non-tensor attributes,
+    registered hooks, parameter and buffer shapes, and the input's shapes and dtypes."""
+    parts: list[Any] = [(name, _module_token(m)) for name, m in model.named_modules()]
+    parts.append(_token(dummy_input))
+    return tuple(parts)
+
+
+def analyse(model: nn.Module, dummy_input: Any) -> Analysis:
+    """The model's :class:`Analysis`, traced once per structure (see the module docstring)."""
+    if ANALYSIS_CACHE_SIZE <= 0:
+        return _analyse(model, dummy_input)
+    key = structure_key(model, dummy_input)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    result = _analyse(model, dummy_input)
+    with _CACHE_LOCK:
+        _CACHE[key] = result
+        while len(_CACHE) > max(0, ANALYSIS_CACHE_SIZE):
+            _CACHE.popitem(last=False)
+    return result
+
+
+def _outside_input(node: Any) -> bool:
+    """A channel-preserving node fed by a tensor outside the graph (model input, buffer)."""
+    ot = tp.ops.OPTYPE
+    if node.type in (ot.CONV, ot.LINEAR, ot.OUTPUT) or node.grad_fn is None:
+        return False
+    nxt = getattr(node.grad_fn, "next_functions", ())
+    if node.type in (ot.BN, ot.DEPTHWISE_CONV, ot.PRELU):
+        nxt = nxt[:1]
+    return any(f is None for f, _ in nxt)
+
+
+def _analyse(model: nn.Module, dummy_input: Any) -> Analysis:
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    if module_names is not None:
-        missing = [n for n in module_names if n not in order]
-        if missing:
-            raise ConfigError(f"module_names: unknown module(s) {missing}")
-    outputs = output_modules(model, dummy_input)
+    m2n = {m: n for n, m in model.named_modules()}
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    captured: dict[str, Any] = {}
+
+    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):  # the tensor is kept so that ids stay unique
+            produced[id(out)] = (m2n[mod], out)
+
+    def fwd(m: nn.Module, x: Any) -> Any:
+        captured["out"] = forward(m, x)
+        return captured["out"]
+
+    hooks = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (*_PRUNABLE, nn.modules.batchnorm._BatchNorm))
+    ]
+    try:
+        with traced_graph(model, dummy_input, forward_fn=fwd) as graph:
+            flat = tp.utils.flatten_as_list(captured.get("out"))
+            outputs = frozenset(
+                produced[id(t)][0] for t in flat if isinstance(t, torch.Tensor) and id(t) in produced
+            )
+            produced.clear()
+            captured.clear()
+            full = _full_groups(graph, m2n)
+            groups = _channel_groups(graph, model, m2n, order, full, outputs)
+            following = _following(graph, m2n)
+            plan = _plan(graph, m2n, full)
+    finally:
+        for h in hooks:
+            h.remove()
+    return Analysis(tuple(groups), outputs, following, plan)
+
+
+def _full_groups(graph: tp.DependencyGraph, m2n: dict) -> dict[nn.Module, Any]:
+    """torch-pruning groups over all output channels, one per root layer.
+
+    As ``get_all_groups``: layers in trace order, a layer whose output channels an earlier
+    group already prunes is not a root. A group is closed under the coupling, so every
+    coupling of a channel is in the group that contains it; a layer with a channel no
+    group contains (a concat segment reached only partly) becomes a root as well.
+    """
+    full: dict[nn.Module, Any] = {}
+    covered: dict[nn.Module, set[int]] = {}
+    layers = [m for m in graph.module2node if isinstance(m, _PRUNABLE) and m in m2n]
+
+    def add(m: nn.Module) -> None:
+        pruner = graph.get_pruner_of_module(m)
+        group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(_out_len(m))))
+        full[m] = group
+        for item in group:
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                covered.setdefault(item.dep.target.module, set()).update(item.idxs)
+
+    for m in layers:
+        if m not in covered:
+            add(m)
+    for m in layers:
+        if m not in full and len(covered.get(m, ())) < _out_len(m):
+            add(m)
+    return full
+
+
+def _plan(graph: tp.DependencyGraph, m2n: dict, full: dict) -> tuple[tuple[PlanItem, ...], ...]:
+    """torch-pruning's ``get_all_groups(root_module_types=(Conv, Linear))``, by name."""
+    visited: set[nn.Module] = set()
+    plan = []
+    ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
+    for m in list(graph.module2node):
+        if any(m is i for i in ignored) or not isinstance(m, _PRUNABLE) or m in visited:
+            continue
+        pruner = graph.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        group = full.get(m)
+        if group is None:
+            group = graph.get_pruning_group(
+                m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m)))
+            )
+        items = []
+        for item in group:
+            node = item.dep.target
+            is_out = bool(graph.is_out_channel_pruning_fn(item.dep.handler))
+            if is_out:
+                visited.add(node.module)
+            fn = node.grad_fn
+            single = None
+            if len(node.outputs) == 1:
+                single = m2n.get(node.outputs[0].module)
+            items.append(
+                PlanItem(
+                    optype=node.type.name,
+                    name=m2n.get(node.module) if isinstance(node.module, nn.Module) else None,
+                    is_out=is_out,
+                    idxs=tuple(map(int, item.idxs)),
+                    root_idxs=tuple(map(int, item.root_idxs)),
+                    outside_input=_outside_input(node),
+                    op_name=fn.name().lower() if hasattr(fn, "name") else "",
+                    single_output=single,
+                )
+            )
+        plan.append(tuple(items))
+    return tuple(plan)
+
+
+def _following(graph: tp.DependencyGraph, m2n: dict) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for m, node in graph.module2node.items():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or len(node.inputs) != 1:
+            continue
+        src = node.inputs[0].module
+        if isinstance(src, _PRUNABLE) and src in m2n and m in m2n:
+            result[m2n[src]] = m2n[m]
+    return result
+
+
+def _channel_groups(
+    graph: tp.DependencyGraph,
+    model: nn.Module,
+    m2n: dict,
+    order: dict[str, int],
+    full: dict,
+    outputs: frozenset[str],
+) -> list[ChannelGroup]:
     uf = _UnionFind()
     layer_uf = _UnionFind()
     to_output: set[str] = set()
     constraints: dict[str, list[int]] = {}
-    with traced_graph(model, dummy_input) as graph:
-        m2n = {m: n for n, m in model.named_modules()}
-        layers = [(m2n[m], m) for m in graph.module2node if isinstance(m, _PRUNABLE) and m in m2n]
-        layers.sort(key=lambda x: order[x[0]])
-        for name, m in layers:
-            layer_uf.find(name)
-            pruner = graph.get_pruner_of_module(m)
-            group = graph.get_pruning_group(m, pruner.prune_out_channels, list(range(_out_len(m))))
-            for item in group:
-                target = item.dep.target
-                if target.type == tp.ops.OPTYPE.OUTPUT:
-                    to_output.add(name)
-                if not graph.is_out_channel_pruning_fn(item.dep.handler):
-                    continue
-                tname = m2n.get(target.module)
-                if tname is None or not isinstance(target.module, _PRUNABLE):
-                    continue
-                for idx, root in zip(item.idxs, item.root_idxs):
-                    uf.union((name, root), (tname, idx))
-                layer_uf.union(name, tname)
-            if _is_grouped_conv(m):
-                constraints.setdefault(name, []).append(m.groups)
-                in_group = graph.get_pruning_group(
-                    m, pruner.prune_in_channels, list(range(m.in_channels))
+    # (layer, root channel) -> [(bn or consumer name, own index)]
+    bn_items: dict[str, list[tuple[str, int, int]]] = {}
+    consumer_items: dict[str, list[tuple[str, int, int]]] = {}
+    layers = [(m2n[m], m) for m in graph.module2node if isinstance(m, _PRUNABLE) and m in m2n]
+    layers.sort(key=lambda x: order[x[0]])
+    for name, m in layers:
+        layer_uf.find(name)
+        pruner = graph.get_pruner_of_module(m)
+        for item in full.get(m, ()):
+            target = item.dep.target
+            if target.type == tp.ops.OPTYPE.OUTPUT:
+                to_output.add(name)
+            tname = m2n.get(target.module) if isinstance(target.module, nn.Module) else None
+            if tname is None:
+                continue
+            is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+            if isinstance(target.module, nn.modules.batchnorm._BatchNorm):
+                bn_items.setdefault(name, []).extend(
+                    (tname, i, r) for i, r in zip(map(int, item.idxs), map(int, item.root_idxs))
                 )
-                for item in in_group:
-                    tname = m2n.get(item.dep.target.module)
-                    if (
-                        tname is not None
-                        and isinstance(item.dep.target.module, _PRUNABLE)
-                        and graph.is_out_channel_pruning_fn(item.dep.handler)
-                    ):
-                        constraints.setdefault(tname, []).append(m.groups)
+                continue
+            if not isinstance(target.module, _PRUNABLE):
+                continue
+            if not is_out:
+                consumer_items.setdefault(name, []).extend(
+                    (tname, i, r) for i, r in zip(map(int, item.idxs), map(int, item.root_idxs))
+                )
+                continue
+            for idx, root in zip(item.idxs, item.root_idxs):
+                uf.union((name, root), (tname, idx))
+            layer_uf.union(name, tname)
+        if _is_grouped_conv(m):
+            constraints.setdefault(name, []).append(m.groups)
+            in_group = graph.get_pruning_group(
+                m, pruner.prune_in_channels, list(range(m.in_channels))
+            )
+            for item in in_group:
+                tname = m2n.get(item.dep.target.module)
+                if (
+                    tname is not None
+                    and isinstance(item.dep.target.module, _PRUNABLE)
+                    and graph.is_out_channel_pruning_fn(item.dep.handler)
+                ):
+                    constraints.setdefault(tname, []).append(m.groups)
 
     by_layer_root: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, m in layers:
@@ -275,7 +558,54 @@ def channel_groups(
             )
             num_groups = 1
         feeds = any(name in outputs or name in to_output for name in mapping)
-        groups.append(ChannelGroup(mapping, n, num_groups, feeds))
+
+        names = [name for name, _ in members]
+        key = (names, mapping, comp_index, uf, order)
+        groups.append(
+            ChannelGroup(
+                mapping, n, num_groups, feeds, _pairs(bn_items, *key), _pairs(consumer_items, *key)
+            )
+        )
+    return groups
+
+
+def _pairs(
+    table: dict[str, list[tuple[str, int, int]]],
+    names: list[str],
+    mapping: dict[str, tuple[int, ...]],
+    comp_index: dict[Any, int],
+    uf: _UnionFind,
+    order: dict[str, int],
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``{layer: (own indices, group channels)}`` of the BN/consumer items of one group."""
+    seen: dict[str, dict[int, int]] = {}
+    for name in names:
+        for tname, idx, root in table.get(name, ()):
+            if tname in mapping:
+                continue  # a member (depthwise conv), not a reader of the group
+            seen.setdefault(tname, {}).setdefault(idx, comp_index[uf.find((name, root))])
+    out = {}
+    for tname in sorted(seen, key=lambda t: order.get(t, 0)):
+        own = sorted(seen[tname])
+        out[tname] = (tuple(own), tuple(seen[tname][i] for i in own))
+    return out
+
+
+def channel_groups(
+    model: nn.Module, dummy_input: Any, module_names: Sequence[str] | None = None
+) -> list[ChannelGroup]:
+    """Groups of Conv/Linear layers whose output channels must be pruned with equal indices.
+
+    Returns every traced Conv/Linear layer in exactly one group (model order). With
+    `module_names`, only groups containing at least one named layer are returned, still
+    with all their members. Unknown names raise ConfigError.
+    """
+    if module_names is not None:
+        known = {name for name, _ in model.named_modules()}
+        missing = [n for n in module_names if n not in known]
+        if missing:
+            raise ConfigError(f"module_names: unknown module(s) {missing}")
+    groups = list(analyse(model, dummy_input).groups)
     if module_names is not None:
         wanted = set(module_names)
         groups = [g for g in groups if wanted & set(g.members)]
@@ -288,16 +618,7 @@ def following_batchnorms(model: nn.Module, dummy_input: Any) -> dict[str, str]:
     Used to extend channel masks: a zero filter still yields BN's constant shift
     `beta - gamma * mean / std`, so a dead channel is only removable once its BN is masked.
     """
-    result: dict[str, str] = {}
-    with traced_graph(model, dummy_input) as graph:
-        m2n = {m: n for n, m in model.named_modules()}
-        for m, node in graph.module2node.items():
-            if not isinstance(m, nn.modules.batchnorm._BatchNorm) or len(node.inputs) != 1:
-                continue
-            src = node.inputs[0].module
-            if isinstance(src, _PRUNABLE) and src in m2n and m in m2n:
-                result[m2n[src]] = m2n[m]
-    return result
+    return dict(analyse(model, dummy_input).following)
 
 
 def dependency_aware_masks(

@@ -33,12 +33,7 @@ import torch_pruning as tp
 from torch import nn
 
 from tune_prune.errors import SpeedupError
-from tune_prune.pruning.dependency import (
-    following_batchnorms,
-    forward,
-    output_modules,
-    traced_graph,
-)
+from tune_prune.pruning.dependency import Analysis, PlanItem, analyse, forward
 from tune_prune.pruning.masks import Masks, check_masks
 
 logger = logging.getLogger(__name__)
@@ -67,6 +62,7 @@ _ATTRS = (
 _OT = tp.ops.OPTYPE
 # Non-module nodes that only route channels (their output is zero where inputs are).
 _ROUTING = {_OT.ELEMENTWISE, _OT.CONCAT, _OT.SPLIT, _OT.RESHAPE, _OT.SLICE}
+_ROUTING_NAMES = frozenset(t.name for t in _ROUTING)
 # Element-wise autograd ops (lower-case substrings of grad_fn names) that map an all-zero
 # channel to an all-zero channel. Anything else (sigmoid, x + 1, softplus, ...) turns a
 # dead channel into a live one, so groups through it are left alone.
@@ -79,11 +75,10 @@ _ZERO_PRESERVING = (
 )  # fmt: skip
 
 
-def _zero_preserving(node: Any) -> bool:
-    if node.type != _OT.ELEMENTWISE:
+def _zero_preserving(item: PlanItem) -> bool:
+    if item.optype != _OT.ELEMENTWISE.name:
         return True
-    name = node.grad_fn.name().lower() if hasattr(node.grad_fn, "name") else ""
-    return any(key in name for key in _ZERO_PRESERVING)
+    return any(key in item.op_name for key in _ZERO_PRESERVING)
 
 
 def _effective(
@@ -116,9 +111,17 @@ def extend_masks_to_batchnorms(
     Existing BN masks are kept and multiplied.
     """
     check_masks(model, masks, SpeedupError)
-    out: Masks = {n: {p: m.clone() for p, m in e.items()} for n, e in masks.items()}
+    return _extend(model, masks, analyse(model, dummy_input))
+
+
+def _extend(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]],
+            analysis: Analysis, clone: bool = True) -> Masks:
+    """``extend_masks_to_batchnorms``; ``clone=False`` shares the unchanged mask tensors
+    (speedup only reads them)."""
+    out: Masks = {n: {p: (m.clone() if clone else m) for p, m in e.items()}
+                  for n, e in masks.items()}
     modules = dict(model.named_modules())
-    for conv_name, bn_name in following_batchnorms(model, dummy_input).items():
+    for conv_name, bn_name in analysis.following.items():
         dead = _dead_out_channels(modules[conv_name], conv_name, masks)
         if not bool(dead.any()):
             continue
@@ -140,133 +143,163 @@ def _bake(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> 
                 getattr(modules[name], pname).mul_(mask.to(getattr(modules[name], pname)))
 
 
-def _tainted(node: Any) -> bool:
-    """A channel-preserving node fed by a tensor outside the graph (model input, buffer)."""
-    if node.type in (_OT.CONV, _OT.LINEAR, _OT.OUTPUT) or node.grad_fn is None:
-        return False
-    nxt = getattr(node.grad_fn, "next_functions", ())
-    if node.type in (_OT.BN, _OT.DEPTHWISE_CONV, _OT.PRELU):
-        nxt = nxt[:1]
-    return any(f is None for f, _ in nxt)
+class _Removal:
+    """Evaluates the analysis' removal plan on a baked model: which channels are dead.
 
+    torch-pruning's groups are walked in ``get_all_groups`` order, all in the original
+    model's indices; a channel is dead when every producer in its group is exactly zero
+    on it, given the input channels removed by the groups before (the rows of a layer are
+    compared on its kept input channels only). The model itself is not modified here:
+    :meth:`history` gives the kept indices, which ``rebuild_compact_model`` applies.
+    """
 
-class _Pruner:
-    """Walks torch-pruning groups, removes dead channels and tracks kept indices."""
+    def __init__(self, model: nn.Module, analysis: Analysis) -> None:
+        self.modules = dict(model.named_modules())
+        self.analysis = analysis
+        self.out_removed: dict[str, set[int]] = {}
+        self.in_removed: dict[str, set[int]] = {}
+        self.bn_after = analysis.following
 
-    def __init__(self, model: nn.Module, masks: Masks, dummy_input: Any) -> None:
-        self.model = model
-        self.masks = masks
-        self.names = {m: n for n, m in model.named_modules()}
-        self.out_keep: dict[str, list[int]] = {}
-        self.in_keep: dict[str, list[int]] = {}
-        self.ignored = output_modules(model, dummy_input)
-        self.bn_after = following_batchnorms(model, dummy_input)
-        self.dummy_input = dummy_input
-
-    def _keep(self, table: dict[str, list[int]], name: str, size: int) -> list[int]:
-        return table.setdefault(name, list(range(size)))
-
-    def _supported(self, graph: tp.DependencyGraph, group: Any) -> bool:
-        for item in group:
-            node = item.dep.target
-            if node.type == _OT.OUTPUT or _tainted(node):
+    def _supported(self, items: tuple[PlanItem, ...]) -> bool:
+        for item in items:
+            if item.optype == _OT.OUTPUT.name or item.outside_input:
                 return False
-            if node.type in _ROUTING:
-                if not _zero_preserving(node):
+            if item.optype in _ROUTING_NAMES:
+                if not _zero_preserving(item):
                     return False
                 continue  # torch-pruning's dummy ops (add, relu, cat, view, ...)
-            mod = node.module
-            if not isinstance(mod, _SUPPORTED) or mod not in self.names:
+            mod = self.modules.get(item.name) if item.name is not None else None
+            if mod is None or not isinstance(mod, _SUPPORTED):
                 return False
             if isinstance(mod, _CONV) and (
-                mod.transposed or node.type == _OT.CONV and mod.groups > 1
+                mod.transposed or item.optype == _OT.CONV.name and mod.groups > 1
             ):
                 return False
-            if self.names[mod] in self.ignored and graph.is_out_channel_pruning_fn(
-                item.dep.handler
-            ):
+            if item.name in self.analysis.outputs and item.is_out:
                 return False
         return True
 
-    def _alive_roots(self, graph: tp.DependencyGraph, group: Any) -> set[int]:
+    def _dead_rows(self, name: str, mod: nn.Module) -> torch.Tensor:
+        """Bool per output channel: the row (on kept input channels) and bias are zero."""
+        w = mod.weight.detach()
+        removed = self.in_removed.get(name)
+        if removed:
+            keep = [i for i in range(w.size(1)) if i not in removed]
+            w = w.index_select(1, torch.tensor(keep, dtype=torch.long, device=w.device))
+        dead = (w.flatten(1) == 0).all(dim=1)
+        b = getattr(mod, "bias", None)
+        if b is not None:
+            dead &= b.detach() == 0
+        return dead
+
+    def _alive_roots(self, items: tuple[PlanItem, ...]) -> set[int]:
         """Root indices where some producer in the group is not exactly zero."""
         alive: set[int] = set()
         bn_dead: dict[str, torch.Tensor] = {}
-        for item in group:
-            mod = item.dep.target.module
-            if item.dep.target.type == _OT.BN and graph.is_out_channel_pruning_fn(item.dep.handler):
-                bn_dead[self.names[mod]] = _bn_dead(mod)
-        for item in group:
-            node = item.dep.target
-            mod = node.module
-            if node.type in _ROUTING or not graph.is_out_channel_pruning_fn(item.dep.handler):
+        for item in items:
+            if item.optype == _OT.BN.name and item.is_out:
+                bn_dead[item.name] = _bn_dead(self.modules[item.name])
+        for item in items:
+            if item.optype in _ROUTING_NAMES or not item.is_out:
                 continue
+            mod = self.modules[item.name]
             if isinstance(mod, _BN):
-                dead = bn_dead[self.names[mod]]
-            elif node.type == _OT.DEPTHWISE_CONV:
+                dead = bn_dead[item.name]
+            elif item.optype == _OT.DEPTHWISE_CONV.name:
                 dead = torch.ones(mod.out_channels, dtype=torch.bool)
                 if mod.bias is not None:
                     dead = mod.bias.detach() == 0
             elif isinstance(mod, (_CONV, nn.Linear)):
-                dead = _dead_out_channels(mod, self.names[mod], {})
-                bn = self.bn_after.get(self.names[mod])
-                only_bn = (
-                    bn in bn_dead
-                    and len(node.outputs) == 1
-                    and self.names.get(node.outputs[0].module) == bn
-                )
-                if only_bn:
+                dead = self._dead_rows(item.name, mod)
+                bn = self.bn_after.get(item.name)
+                if bn in bn_dead and item.single_output == bn:
                     dead = dead | bn_dead[bn]
             elif isinstance(mod, nn.PReLU):
                 continue  # prelu(0) == 0
             else:
                 return set(item.root_idxs)
-            for idx, root in zip(item.idxs, item.root_idxs):
-                if not bool(dead[idx]):
-                    alive.add(root)
+            flags = dead.tolist()
+            alive.update(root for idx, root in zip(item.idxs, item.root_idxs) if not flags[idx])
         return alive
 
-    def _record(self, graph: tp.DependencyGraph, group: Any) -> None:
-        for item in group:
-            mod = item.dep.target.module
-            if item.dep.target.type in _ROUTING or (
-                isinstance(mod, nn.PReLU) and mod.num_parameters == 1
-            ):
+    def _record(self, items: tuple[PlanItem, ...], dead: list[int]) -> None:
+        dead_roots = set(dead)
+        for item in items:
+            if item.optype in _ROUTING_NAMES:
                 continue
-            name = self.names[mod]
-            idxs = set(item.idxs)
-            is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
-            if is_out or isinstance(mod, _BN | nn.PReLU):
-                size = _out_size(mod)
-                keep = self._keep(self.out_keep, name, size)
-                self.out_keep[name] = [k for i, k in enumerate(keep) if i not in idxs]
-            if not is_out or item.dep.target.type == _OT.DEPTHWISE_CONV:
-                size = mod.in_channels if isinstance(mod, _CONV) else mod.in_features
-                keep = self._keep(self.in_keep, name, size)
-                self.in_keep[name] = [k for i, k in enumerate(keep) if i not in idxs]
+            mod = self.modules[item.name]
+            if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
+                continue
+            idxs = {i for i, r in zip(item.idxs, item.root_idxs) if r in dead_roots}
+            if not idxs:
+                continue  # torch-pruning leaves such an item out of the pruned group
+            if item.is_out or isinstance(mod, _BN | nn.PReLU):
+                self.out_removed.setdefault(item.name, set()).update(idxs)
+            if not item.is_out or item.optype == _OT.DEPTHWISE_CONV.name:
+                self.in_removed.setdefault(item.name, set()).update(idxs)
 
     def run(self) -> int:
         removed = 0
-        with traced_graph(self.model, self.dummy_input) as graph:
-            for group in graph.get_all_groups(root_module_types=(_CONV, nn.Linear)):
-                if not self._supported(graph, group):
-                    continue
-                n = len(group[0].idxs)
-                alive = self._alive_roots(graph, group)
-                dead = [k for k in range(n) if k not in alive]
-                if len(dead) == n:
-                    dead = dead[1:]  # a layer needs at least one channel
-                if not dead:
-                    continue
-                root = group[0].dep.target.module
-                pgroup = graph.get_pruning_group(root, group[0].dep.handler, dead)
-                self._record(graph, pgroup)
-                pgroup.prune()
-                removed += len(dead)
-                logger.debug(
-                    "removed %d channels of group rooted at %s", len(dead), self.names.get(root)
-                )
+        for items in self.analysis.plan:
+            if not self._supported(items):
+                continue
+            n = len(items[0].idxs)
+            alive = self._alive_roots(items)
+            dead = [k for k in range(n) if k not in alive]
+            if len(dead) == n:
+                dead = dead[1:]  # a layer needs at least one channel
+            if not dead:
+                continue
+            self._record(items, dead)
+            removed += len(dead)
+            logger.debug("removed %d channels of group rooted at %s", len(dead), items[0].name)
         return removed
+
+    def keeps(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """(out_keep, in_keep): kept original indices of every module that lost some."""
+        out_keep = {
+            name: [k for k in range(_out_size(self.modules[name])) if k not in removed]
+            for name, removed in self.out_removed.items()
+        }
+        in_keep = {}
+        for name, removed in self.in_removed.items():
+            mod = self.modules[name]
+            size = mod.in_channels if isinstance(mod, _CONV) else mod.in_features
+            in_keep[name] = [k for k in range(size) if k not in removed]
+        return out_keep, in_keep
+
+    def history(self) -> dict[str, Any]:
+        """The removal as ``rebuild_compact_model`` history (attrs: the compact values)."""
+        out_keep, in_keep = self.keeps()
+        entries = {}
+        for name in sorted(set(out_keep) | set(in_keep)):
+            mod = self.modules[name]
+            attrs = {a: int(getattr(mod, a)) for a in _ATTRS if hasattr(mod, a)}
+            out, inp = out_keep.get(name), in_keep.get(name)
+            if isinstance(mod, _CONV):
+                depthwise = mod.groups > 1 and mod.groups == mod.out_channels
+                if out is not None:
+                    attrs["out_channels"] = len(out)
+                if inp is not None:
+                    attrs["in_channels"] = len(inp)
+                if depthwise and out is not None:
+                    attrs["groups"] = mod.groups - (mod.out_channels - len(out))
+            elif isinstance(mod, nn.Linear):
+                if out is not None:
+                    attrs["out_features"] = len(out)
+                if inp is not None:
+                    attrs["in_features"] = len(inp)
+            elif isinstance(mod, _BN) and out is not None:
+                attrs["num_features"] = len(out)
+            elif isinstance(mod, nn.PReLU) and out is not None:
+                attrs["num_parameters"] = len(out)
+            entries[name] = {
+                "type": type(mod).__name__,
+                "out_keep": out,
+                "in_keep": inp,
+                "attrs": attrs,
+            }
+        return {"format": HISTORY_FORMAT, "modules": entries}
 
 
 def _bn_dead(bn: nn.Module) -> torch.Tensor:
@@ -307,22 +340,6 @@ def _reindex(
     return t
 
 
-def _history(
-    model: nn.Module, out_keep: dict[str, list[int]], in_keep: dict[str, list[int]]
-) -> dict[str, Any]:
-    modules = dict(model.named_modules())
-    entries = {}
-    for name in sorted(set(out_keep) | set(in_keep)):
-        mod = modules[name]
-        entries[name] = {
-            "type": type(mod).__name__,
-            "out_keep": out_keep.get(name),
-            "in_keep": in_keep.get(name),
-            "attrs": {a: int(getattr(mod, a)) for a in _ATTRS if hasattr(mod, a)},
-        }
-    return {"format": HISTORY_FORMAT, "modules": entries}
-
-
 def rebuild_compact_model(
     original_model: nn.Module, history: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 ) -> nn.Module:
@@ -354,12 +371,15 @@ def rebuild_compact_model(
         with torch.no_grad():
             for pname, param in list(mod.named_parameters(recurse=False)):
                 new = _reindex(mod, pname, param.detach(), out_keep, in_keep)
-                setattr(mod, pname, nn.Parameter(new.clone(), requires_grad=param.requires_grad))
+                if new.data_ptr() == param.data_ptr():  # nothing selected: do not alias
+                    new = new.clone()
+                setattr(mod, pname, nn.Parameter(new, requires_grad=param.requires_grad))
             if isinstance(mod, _BN):
                 for bname in ("running_mean", "running_var"):
                     buf = getattr(mod, bname)
                     if buf is not None:
-                        setattr(mod, bname, _select(buf, 0, out_keep).clone())
+                        kept = _select(buf, 0, out_keep)
+                        setattr(mod, bname, kept.clone() if kept is buf else kept)
         for attr, value in entry["attrs"].items():
             setattr(mod, attr, value)
     return original_model
@@ -385,29 +405,36 @@ def speedup_model(
     *,
     extend_batchnorms: bool = True,
     atol: float = 1e-4,
+    inplace: bool = False,
 ) -> tuple[nn.Module, Masks, dict[str, Any]]:
     """Remove every exactly-dead output channel; return (compact model, masks, history).
 
-    The input model is not modified. Remaining masks hold zeros that could not be
-    removed, re-indexed to the compact model (`{}` when none). `history` is JSON data for
+    The input model is not modified (``inplace=True``: it *becomes* the compact model,
+    which saves a deep copy when the caller holds a copy anyway; after a SpeedupError it
+    is left half-pruned). Remaining masks hold zeros that could not be removed,
+    re-indexed to the compact model (`{}` when none). `history` is JSON data for
     :func:`rebuild_compact_model`. Raises SpeedupError when the compact model's output
     on `dummy_input` (eval mode) differs from the masked model's by more than `atol`.
     """
     check_masks(model, masks, SpeedupError)
-    work = copy.deepcopy(model)
+    work = model if inplace else copy.deepcopy(model)
     was_training = model.training
     work.eval()
+    analysis = analyse(work, dummy_input)  # cached per structure: usually no tracing here
     masks_ext = (
-        extend_masks_to_batchnorms(work, masks, dummy_input)
+        _extend(work, masks, analysis, clone=False)
         if extend_batchnorms
-        else {n: {p: m.clone() for p, m in e.items()} for n, e in masks.items()}
+        else {n: dict(e) for n, e in masks.items()}
     )
     _bake(work, masks_ext)
     with torch.no_grad():
         reference = forward(work, dummy_input)
     flags = {n: p.requires_grad for n, p in work.named_parameters()}
-    pruner = _Pruner(work, masks_ext, dummy_input)
-    removed = pruner.run()
+    removal = _Removal(work, analysis)
+    removed = removal.run()
+    history = removal.history()
+    out_keeps, in_keeps = removal.keeps()
+    rebuild_compact_model(work, history)
     for n, p in work.named_parameters():
         p.requires_grad_(flags.get(n, True))
         p.grad = None
@@ -424,14 +451,15 @@ def speedup_model(
     modules = dict(work.named_modules())
     remaining: Masks = {}
     for name, entry in masks_ext.items():
-        out_keep, in_keep = pruner.out_keep.get(name), pruner.in_keep.get(name)
+        out_keep, in_keep = out_keeps.get(name), in_keeps.get(name)
         mod = modules[name]
-        new_entry = {p: _reindex(mod, p, m, out_keep, in_keep).clone() for p, m in entry.items()}
+        new_entry = {p: _reindex(mod, p, m, out_keep, in_keep) for p, m in entry.items()}
         for p, m in new_entry.items():
             if tuple(m.shape) != tuple(getattr(mod, p).shape):
                 raise SpeedupError(f"remaining mask {name}.{p}: shape {tuple(m.shape)} mismatch")
         if any(bool((m == 0).any()) for m in new_entry.values()):
-            remaining[name] = new_entry
-    history = _history(work, pruner.out_keep, pruner.in_keep)
+            # index_select made new tensors; a mask that was not re-indexed is copied
+            remaining[name] = {p: m.clone() if m.data_ptr() == entry[p].data_ptr() else m
+                               for p, m in new_entry.items()}
     logger.info("speedup removed %d channels (max output diff %.3g)", removed, diff)
     return work, remaining, history

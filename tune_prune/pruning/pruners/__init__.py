@@ -19,6 +19,13 @@ Where tune_prune differs from NNI 2.10 on purpose:
 - activation statistics of a Linear use its last dim as the channel dim.
 - dependency_aware couples a depthwise conv with its producer channel by channel
   (torch-pruning's graph) instead of NNI's count-only group constraint.
+
+Additions NNI does not have, all off by default (then every mask is NNI's): the norm
+channel pruners (L1, L2, FPGM) take ``normalizer`` ("none" | "mean" | "max"),
+``bn_scale`` and ``input_weights`` (group importance: what a channel is scored by, see
+``norm``) and ``round_to`` (kept channels per layer or group a multiple of it, never
+zero; see ``allocation``). ``bn_scale=True, input_weights=True`` ranks channels exactly
+as torch-pruning's ``MagnitudeImportance`` does.
 """
 
 from tune_prune.pruning.pruners.activation import (

@@ -21,6 +21,13 @@ Counting rules (NNI 2.10):
 - balance: every bank (block of ``balance_gran`` aligned to the last dims) prunes
   ``int(s * bank_size)`` elements.
 - dependency-aware: coupled channels share one summed metric and one decision.
+- ``round_to`` (channel pruners, off at 1): the units a layer (a group's candidate
+  channels in dependency-aware mode; each block of a group-conv constraint, scaled so
+  the group's total is a multiple) keeps are rounded *down* to a multiple of
+  ``round_to``, as torch-pruning's ``round_to``; a layer never goes below
+  ``min(round_to, n)`` kept units (so one narrower than ``round_to`` is not pruned, and
+  rounding never removes a layer: where torch-pruning skips such a layer, this keeps
+  ``round_to`` units). Global mode rounds each layer's kept count after the ranking.
 
 Element-wise layer-adaptive allocations (LevelPruner only; like global, one
 allocation per config entry, so a ``sparsity`` entry, which resolves to one entry
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,6 +72,30 @@ def num_pruned(sparsity: float, n: int) -> int:
     return min(n, max(0, int(sparsity * n)))
 
 
+def rounded_prune(n: int, prune: int, round_to: int) -> int:
+    """``prune`` of ``n`` units, adjusted so the kept count is a multiple of ``round_to``
+    (rounded down, at least ``min(round_to, n)``); unchanged when ``round_to <= 1``."""
+    if round_to <= 1 or n <= 0:
+        return prune
+    kept = n - prune
+    kept = max(kept - kept % round_to, min(round_to, n))
+    return n - kept
+
+
+def round_keeps(
+    keeps: Mapping[str, Tensor], metrics: Mapping[str, Tensor], round_to: int
+) -> dict[str, Tensor]:
+    """Round every layer's kept count (see :func:`rounded_prune`), re-ranked by metric."""
+    if round_to <= 1:
+        return dict(keeps)
+    out = {}
+    for name, keep in keeps.items():
+        n = keep.numel()
+        prune = rounded_prune(n, n - int(keep.sum()), round_to)
+        out[name] = keep if prune == n - int(keep.sum()) else keep_topk(metrics[name], prune)
+    return out
+
+
 def keep_topk(metric: Tensor, prune: int) -> Tensor:
     """Keep mask (bool, metric's shape) keeping the ``numel - prune`` largest values."""
     flat = metric.reshape(-1)
@@ -80,11 +111,15 @@ def keep_topk(metric: Tensor, prune: int) -> Tensor:
 
 
 def normal_allocation(
-    metrics: Mapping[str, Tensor], sparsities: Mapping[str, float]
+    metrics: Mapping[str, Tensor], sparsities: Mapping[str, float], round_to: int = 1
 ) -> dict[str, Tensor]:
-    """Per-layer allocation: each layer prunes ``int(s * n)`` units of lowest metric."""
+    """Per-layer allocation: each layer prunes ``int(s * n)`` units of lowest metric
+    (with ``round_to > 1``, adjusted by :func:`rounded_prune`)."""
     return {
-        name: keep_topk(m, num_pruned(sparsities[name], m.numel())) for name, m in metrics.items()
+        name: keep_topk(
+            m, rounded_prune(m.numel(), num_pruned(sparsities[name], m.numel()), round_to)
+        )
+        for name, m in metrics.items()
     }
 
 
@@ -316,14 +351,18 @@ def dependency_allocation(
     metrics: Mapping[str, Tensor],
     sparsities: Mapping[str, float],
     groups: Sequence[ChannelGroup],
+    round_to: int = 1,
+    group_score: Callable[[ChannelGroup, list[str]], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Dependency-aware allocation over the channel ``groups`` of the selected layers.
 
-    A group's metric is the sum of its selected members' metrics per group channel;
+    A group's metric is the sum of its selected members' metrics per group channel
+    (or ``group_score(group, selected)``, one value per group channel, when given);
     it prunes ``int(n * min member sparsity)`` of its ``n`` candidate channels (those
     a selected member produces), the same channels in every member. With a group-conv
     constraint (``num_groups > 1``) every contiguous block prunes
-    ``int(block_candidates * s)``. Layers in no group are allocated as in normal mode.
+    ``int(block_candidates * s)``. ``round_to``: see the module docstring. Layers in no
+    group are allocated as in normal mode.
     """
     keeps = {n: torch.ones(m.shape, dtype=torch.bool, device=m.device) for n, m in metrics.items()}
     seen: set[str] = set()
@@ -333,18 +372,24 @@ def dependency_allocation(
             continue
         seen.update(selected)
         sparsity = min(float(sparsities[n]) for n in selected)
-        fused = group.gather({n: metrics[n] for n in selected})
+        if group_score is None:
+            fused = group.gather({n: metrics[n] for n in selected})
+        else:
+            fused = group_score(group, selected)
         candidates = group.covered(selected)
-        block = group.num_channels // max(1, group.num_groups)
+        blocks = max(1, group.num_groups)
+        block = group.num_channels // blocks
+        step = round_to // math.gcd(round_to, blocks) if round_to > 1 else 1
         pruned: list[int] = []
-        for b in range(max(1, group.num_groups)):
+        for b in range(blocks):
             cand = [c for c in candidates if b * block <= c < (b + 1) * block]
-            keep = keep_topk(fused[cand], num_pruned(sparsity, len(cand)))
+            prune = rounded_prune(len(cand), num_pruned(sparsity, len(cand)), step)
+            keep = keep_topk(fused[cand], prune)
             pruned.extend(c for c, k in zip(cand, keep.tolist()) if not k)
         for name in selected:
             idx = group.to_member(name, pruned)
             if idx:
                 keeps[name].view(-1)[torch.as_tensor(idx, dtype=torch.long)] = False
     rest = {n: m for n, m in metrics.items() if n not in seen}
-    keeps.update(normal_allocation(rest, sparsities))
+    keeps.update(normal_allocation(rest, sparsities, round_to))
     return keeps

@@ -51,6 +51,9 @@ class Pruner:
     prunable: ClassVar[tuple[type[nn.Module], ...] | None] = None
     default_types: ClassVar[tuple[str, ...] | None] = None
     channel_wise: ClassVar[bool] = True
+    #: Kept units per layer (group) are rounded down to a multiple of this (1: NNI's
+    #: counts); the channel pruners take it as a keyword.
+    round_to: int = 1
 
     def __init__(
         self,
@@ -233,9 +236,14 @@ class Pruner:
         return {n: e.total_sparsity for e in self._entries for n in e.module_names}
 
     def _allocate(self, model: nn.Module, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Keep mask per unit for every selected layer, by mode."""
+        """Keep mask per unit for every selected layer, by mode.
+
+        ``_layer_scores`` / ``_group_score_fn`` (channel pruners' group importance) and
+        ``round_to`` are hooks that leave NNI's allocation untouched at their defaults.
+        """
         if self.mode == "global":
             modules = dict(model.named_modules())
+            metrics = self._layer_scores(model, metrics)
             keeps: dict[str, Tensor] = {}
             for entry in self._entries:
                 sub = {n: metrics[n] for n in entry.module_names}
@@ -247,13 +255,28 @@ class Pruner:
                         {n: entry.cap(n) for n in sub},
                     )
                 )
-            return keeps
+            return allocation.round_keeps(keeps, metrics, self.round_to)
         if self.mode == "dependency_aware":
             from tune_prune.pruning.dependency import channel_groups
 
             groups = channel_groups(model, self.dummy_input, list(metrics))
-            return allocation.dependency_allocation(metrics, self._sparsities(), groups)
-        return allocation.normal_allocation(metrics, self._sparsities())
+            return allocation.dependency_allocation(
+                metrics,
+                self._sparsities(),
+                groups,
+                round_to=self.round_to,
+                group_score=self._group_score_fn(model, metrics),
+            )
+        metrics = self._layer_scores(model, metrics)
+        return allocation.normal_allocation(metrics, self._sparsities(), round_to=self.round_to)
+
+    def _layer_scores(self, model: nn.Module, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Metrics the normal and global modes rank (default: the importance as is)."""
+        return metrics
+
+    def _group_score_fn(self, model: nn.Module, metrics: dict[str, Tensor]) -> Any:
+        """``group_score`` for dependency-aware mode (None: NNI's sum of member metrics)."""
+        return None
 
     def _expand(self, module: nn.Module, keep: Tensor) -> dict[str, Tensor]:
         """Turn a unit keep mask into weight-shaped (and bias-shaped) 0/1 masks."""

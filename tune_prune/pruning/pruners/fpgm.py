@@ -13,9 +13,15 @@ class FPGMPruner(_ChannelPruner):
     closest to the geometric median) are pruned first (He et al., 2019; NNI's FPGM)."""
 
     def _importance(self, name: str, module: nn.Module) -> Tensor:
-        filters = self._filters(name, module).double()
-        return (
-            torch.cdist(filters, filters, p=2, compute_mode="donot_use_mm_for_euclid_dist")
-            .sum(1)
-            .float()
-        )
+        return _distance_sums(self._filters(name, module))
+
+    def _input_importance(self, rows: Tensor) -> Tensor:
+        """``input_weights``: the same distance sum over the columns that read a channel."""
+        return _distance_sums(rows)
+
+
+def _distance_sums(rows: Tensor) -> Tensor:
+    rows = rows.double()
+    return (
+        torch.cdist(rows, rows, p=2, compute_mode="donot_use_mm_for_euclid_dist").sum(1).float()
+    )
