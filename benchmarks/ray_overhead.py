@@ -42,10 +42,11 @@ from typing import Any
 import optuna
 import torch
 
-from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.runner import fixed_config
+from tune_prune.search.schedule import run_schedule
 from tune_prune.search.space import define_space
+from tune_prune.search.trainable import TunePruneTrial
 
 
 def make_config(cache: Path, epochs: float, baseline_epochs: float) -> dict[str, Any]:
@@ -87,11 +88,11 @@ def train_baseline(config: dict[str, Any]) -> float:
 
 def run_in_process(config: dict[str, Any], k: int) -> list[float]:
     """Wall time of each of ``k`` direct ``run_schedule`` calls (after one warm-up)."""
-    T.run_schedule(config)  # warm-up: imports, first data load
+    run_schedule(config)  # warm-up: imports, first data load
     times = []
     for _ in range(k):
         start = time.perf_counter()
-        reports = T.run_schedule(config)
+        reports = run_schedule(config)
         times.append(time.perf_counter() - start)
         assert [r["iteration"] for r in reports] == [1, 2], reports
     return times
@@ -128,7 +129,7 @@ def run_tune(
 
     name = f"overhead_c{concurrency}{'_reuse' if reuse_actors else ''}"
     tuner = tune.Tuner(
-        T.TunePruneTrial,
+        TunePruneTrial,
         # the same config k times; 'copy' only tells the copies apart
         param_space={**config, "copy": tune.grid_search(list(range(k)))},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=reuse_actors),

@@ -17,10 +17,15 @@ Measured, in the driver process (this one):
 * disk: bytes per trial folder and the number of checkpoints each keeps (retention:
   ``num_to_keep=2`` plus the latest one Tune may hold);
 * result tables: ``trials_live.csv`` grows by one appended row per report (its final
-  size / rows), and the one end-of-search ``write_results`` time.
+  size / rows against the reports in the trial folders; a thread re-reads it while the
+  search runs and counts every read that is not the previous one extended), and the one
+  end-of-search ``write_results`` time.
 
 Prints a Markdown table with the load average before and after (a 2-core shared box:
 read the times with it).
+
+``tests/search/test_soak.py`` runs :func:`measure` on a few trials and asserts what the
+table shows (retention, one appended live row per report, bounded driver RSS, no errors).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from tune_prune.search.config import SearchConfig
 from tune_prune.search.live_table import LIVE_FILE
 from tune_prune.search.runner import run_search
 
+#: Tune's trial ids are 8 hex digits: read as text (all digits, or '1e5...', would parse as numbers)
+IDS = {"trial_id": str}
+
 
 class RssSampler(threading.Thread):
     """(time, RSS bytes) of this process every ``interval`` seconds until stopped."""
@@ -64,8 +72,44 @@ class RssSampler(threading.Thread):
         self.join()
 
 
-def soak_config(trials: int, storage: Path, concurrency: int) -> SearchConfig:
-    return SearchConfig.create(
+class LiveFileWatcher(threading.Thread):
+    """Re-reads ``path`` every ``interval`` seconds until stopped; counts the reads that do
+    not extend the previous one (a rewrite or truncation: an append-only file has none)."""
+
+    def __init__(self, path: Path, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.interval = interval
+        self.reads = 0
+        self.rewrites = 0
+        self._last = b""
+        self._stop_event = threading.Event()
+
+    def check(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return  # not there yet
+        self.reads += 1
+        if not data.startswith(self._last):
+            self.rewrites += 1
+        self._last = data
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.check()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.check()  # the final content
+
+
+def soak_config(trials: int, storage: Path, concurrency: int, **overrides: Any) -> SearchConfig:
+    """The soak's search; ``overrides`` are SearchConfig fields that replace the soak's own
+    (the test turns the dashboard off and runs longer schedules, so retention deletes)."""
+    values: dict[str, Any] = dict(
         workload="digits",
         workload_options={"baseline_epochs": 1},
         target_sparsity=0.5,
@@ -81,6 +125,7 @@ def soak_config(trials: int, storage: Path, concurrency: int) -> SearchConfig:
         name="soak",
         seed=0,
     )
+    return SearchConfig.create(**{**values, **overrides})
 
 
 def quarters(values: list[Any]) -> list[list[Any]]:
@@ -88,16 +133,32 @@ def quarters(values: list[Any]) -> list[list[Any]]:
     return [values[i * n // 4:(i + 1) * n // 4] for i in range(4)]
 
 
-def measure(trials: int, concurrency: int, storage: Path) -> dict[str, Any]:
-    cfg = soak_config(trials, storage, concurrency)
+def reports_per_trial(exp: Path) -> dict[str, int]:
+    """Reports each trial folder holds (lines of Tune's ``result.json``)."""
+    out = {}
+    for d in exp.glob("trial_*"):
+        result = d / "result.json"
+        if d.is_dir() and result.exists():
+            out[d.name.removeprefix("trial_")] = sum(1 for ln in result.read_text().splitlines() if ln.strip())
+    return out
+
+
+def measure(trials: int, concurrency: int, storage: Path, **overrides: Any) -> dict[str, Any]:
+    cfg = soak_config(trials, storage, concurrency, **overrides)
     sampler = RssSampler()
+    watcher = LiveFileWatcher(Path(cfg.storage_path).expanduser().resolve() / cfg.name / LIVE_FILE)
     sampler.start()
+    watcher.start()
     start = time.time()
-    out = run_search(cfg, printer=lambda _msg: None)
-    end = time.time()
-    sampler.stop()
+    try:
+        out = run_search(cfg, printer=lambda _msg: None)
+    finally:
+        end = time.time()
+        sampler.stop()
+        watcher.stop()
     exp = out.experiment_dir
-    live = pd.read_csv(exp / LIVE_FILE)
+    live = pd.read_csv(exp / LIVE_FILE, dtype=IDS)
+    reports = reports_per_trial(exp)
     ends = live.groupby("trial_id")["timestamp"].max().sort_values()
     gaps = [b - a for a, b in zip([start, *ends.tolist()[:-1]], ends.tolist())]
     rss_by_quarter = []
@@ -118,7 +179,14 @@ def measure(trials: int, concurrency: int, storage: Path) -> dict[str, Any]:
         "disk_kib_per_trial": statistics.mean(sizes) / 1024 if sizes else float("nan"),
         "disk_kib_max": max(sizes, default=0) / 1024,
         "checkpoints_max": max(checkpoints, default=0),
+        "checkpoints_per_trial": {d.name: n for d, n in zip(trial_dirs, checkpoints)},
         "live_kib": (exp / LIVE_FILE).stat().st_size / 1024,
+        "reports": sum(reports.values()),
+        "reports_per_trial": reports,
+        "live_rows_per_trial": live.groupby("trial_id").size().to_dict(),
+        "live_duplicates": int(live.duplicated(["trial_id", "iteration"]).sum()),
+        "live_reads": watcher.reads,
+        "live_rewrites": watcher.rewrites,
         "errors": out.num_errors,
     }
 
@@ -144,7 +212,9 @@ def table(result: dict[str, Any], args: argparse.Namespace, load_before: str, lo
         f"| driver RSS peak | {result['rss_peak_mib']:.0f} MiB |",
         f"| disk per trial folder | {result['disk_kib_per_trial']:.0f} KiB mean, {result['disk_kib_max']:.0f} KiB max |",
         f"| checkpoints kept per trial (max) | {result['checkpoints_max']} |",
-        f"| trials_live.csv | {result['rows']} rows appended, {result['live_kib']:.0f} KiB |",
+        f"| trials_live.csv | {result['rows']} rows for {result['reports']} reports, "
+        f"{result['live_kib']:.0f} KiB; {result['live_rewrites']} of {result['live_reads']} reads "
+        "not an append |",
         f"| trial errors | {result['errors']} |",
     ]
     return "\n".join(lines)

@@ -106,7 +106,7 @@ def _v1_export(out: Path, model: nn.Module, masks: dict) -> Path:
 
 def _report_result(workload, model, masks, tmp_path: Path) -> Path:
     """The result/ folder of a real search report (Reporter.report), copied out of the checkpoint."""
-    from tune_prune.search import trainable as T
+    from tune_prune.search.reporting import Reporter
 
     kept: list[Path] = []
 
@@ -117,7 +117,7 @@ def _report_result(workload, model, masks, tmp_path: Path) -> Path:
     fixed = {"target_sparsity": 0.8, "sparsity_tolerance": 0.02, "higher_is_better": True,
              "workload": "digits", "workload_options": {"baseline_epochs": 0.0}}
     trial = {"generator": "agp", "pruner": "level", "mode": "normal", "finetune_epochs": 0.1}
-    T.Reporter(fixed, trial, {"score": 0.9, "params": 1.0, "macs": 1.0}, report).report(
+    Reporter(fixed, trial, {"score": 0.9, "params": 1.0, "macs": 1.0}, report).report(
         {"score": 0.5, "sparsity": 0.4, "task_id": 7}, None, model=model, masks=masks)
     return kept[0]
 

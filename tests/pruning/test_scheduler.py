@@ -200,11 +200,21 @@ def test_rewind_point_after_k_steps_and_retrained_ticket(tmp_path: Path) -> None
         mask = masks.get(module, {}).get(pname)
         assert torch.equal(value, rewind[key] * mask if mask is not None else rewind[key]), key
 
+    heard: list[dict] = []
     retrain = PruningScheduler(LevelPruner(None, None), LotteryTicketTaskGenerator(
         2, model, [{"sparsity": 0.5, "op_names": ["fc1", "fc2"]}], log_dir=tmp_path), finetuner,
-        evaluator=make_evaluator(x), reset_weight=True, retrain_ticket=True)
+        evaluator=make_evaluator(x), reset_weight=True, retrain_ticket=True,
+        on_iteration=lambda result, meas: heard.append({**meas, "result_score": result.score}))
     retrain.compress()
-    _, trained, trained_masks, _, _ = retrain.get_best_result()
+    _, trained, trained_masks, trained_score, _ = retrain.get_best_result()
+    # on_iteration hears of the retrained ticket once, after the tasks, with its own score
+    assert [m.get("retrained_ticket", False) for m in heard] == [False] * (len(heard) - 1) + [True]
+    last = heard[-1]
+    assert last["task_id"] == f"{heard[-2]['task_id']}-retrained"
+    assert last["score"] == last["result_score"] == trained_score
+    assert last["sparsity"] == pytest.approx(heard[-2]["sparsity"])
+    retrain.compress()  # already retrained: nothing more
+    assert len([m for m in heard if m.get("retrained_ticket")]) == 1
     assert not torch.equal(trained.fc3.weight, model.fc3.weight)  # trained after the rewind
     assert torch.equal(trained.fc1.weight == 0, trained_masks["fc1"]["weight"] == 0)
     with pytest.raises(ConfigError, match="rewind_steps"):

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from tune_prune import export as E
+from tune_prune.export import load_pruned
 from tune_prune.search import results as R
 from tune_prune.search import runner
-from tune_prune.search import trainable as T
+from tune_prune.search.reporting import RESULT_DIR, Reporter
 from tune_prune.workloads import get_workload
 
 from ._helpers import Recorder, snapshot
@@ -130,7 +131,7 @@ def test_checkpoint_crash_mid_write_keeps_previous_checkpoint(tmp_path, digits, 
     (tmp_path / "ckpts").mkdir()
     fixed = {"target_sparsity": 0.8, "sparsity_tolerance": 0.02, "higher_is_better": True}
     trial = {"generator": "agp", "pruner": "level", "mode": "normal", "finetune_epochs": 0.1}
-    reporter = T.Reporter(fixed, trial, {"score": 0.9, "params": 1.0, "macs": 1.0}, rec)
+    reporter = Reporter(fixed, trial, {"score": 0.9, "params": 1.0, "macs": 1.0}, rec)
     meas = {"score": 0.5, "sparsity": 0.4}
     reporter.report(dict(meas), None, model=_model(digits, 1), masks={})
     before = snapshot(rec.ckpts[0])
@@ -141,8 +142,8 @@ def test_checkpoint_crash_mid_write_keeps_previous_checkpoint(tmp_path, digits, 
     assert len(rec.rows) == 1  # the crashed iteration was never reported
     assert snapshot(rec.ckpts[0]) == before
     assert list((tmp_path / "tmp").iterdir()) == []
-    restored = T.load_result(rec.ckpts[0] / T.RESULT_DIR, digits)
-    assert _same_weights(restored.compact_model, _model(digits, 1))
+    restored = load_pruned(rec.ckpts[0] / RESULT_DIR, digits)
+    assert _same_weights(restored.model, _model(digits, 1))
 
 
 def test_unreported_checkpoint_folder_is_never_picked(tmp_path) -> None:

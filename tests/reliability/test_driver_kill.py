@@ -106,7 +106,7 @@ def test_killed_driver_resumes_without_losing_or_rerunning(tmp_path, rel_baselin
     _kill_session(second.pid if hasattr(second, "pid") else -1)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
 
-    table = pd.read_csv(exp / "trials.csv")
+    table = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
     after = {(t, int(i)): s for t, i, s in zip(table["trial_id"], table["iteration"], table["score"])}
     for key, score in before.items():  # nothing reported is lost or changed
         assert after[key] == score, key
@@ -115,7 +115,7 @@ def test_killed_driver_resumes_without_losing_or_rerunning(tmp_path, rel_baselin
         its = [r["iteration"] for r in result_lines(d)]
         assert its == list(range(1, len(its) + 1)), (d.name, its)  # once each, none rerun
         assert result_lines(d)[-1]["schedule_done"], d.name
-    best = pd.read_csv(exp / "best_per_trial.csv")
+    best = pd.read_csv(exp / "best_per_trial.csv", dtype={"trial_id": str})
     assert set(best["status"]) == {"complete"}
 
     study = optuna.load_study(study_name=NAME, storage=journal_storage(exp))

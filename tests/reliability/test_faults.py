@@ -23,9 +23,10 @@ import pandas as pd
 import pytest
 
 from tune_prune.export import MASKS_FILE
-from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
+from tune_prune.search.faults import FAULT_ENV
 from tune_prune.search.runner import run_search
+from tune_prune.search.schedule import run_schedule
 from tune_prune.search.searcher import journal_storage
 
 from ._helpers import Recorder, assert_masks_equal, load_masks, result_lines
@@ -45,7 +46,7 @@ def faulty_search(tmp_path_factory, rel_baseline_cache):
     root = tmp_path_factory.mktemp("faults")
     raised, killed = root / "raised.trial", root / "killed.pid"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {T.FAULT_ENV: f"raise:{RAISE_AT}:{raised};kill:{KILL_AT}:{killed}"}})
+             runtime_env={"env_vars": {FAULT_ENV: f"raise:{RAISE_AT}:{raised};kill:{KILL_AT}:{killed}"}})
     try:
         cfg = SearchConfig.create(
             workload_options=WORKLOAD_OPTIONS, baseline_cache_dir=str(rel_baseline_cache),
@@ -75,7 +76,7 @@ def test_raising_trial_is_failed_everywhere_and_search_goes_on(faulty_search) ->
     assert best.loc[good, "status"] == "complete" and best.loc[good, "error"] in ("", None) or \
         pd.isna(best.loc[good, "error"])
     assert out.best.iloc[0]["trial_id"] == good  # the failure is not ranked first
-    table = pd.read_csv(out.experiment_dir / "trials.csv")
+    table = pd.read_csv(out.experiment_dir / "trials.csv", dtype={"trial_id": str})
     assert list(table.loc[table["trial_id"] == bad, "iteration"]) == [1]  # its report is kept
     assert list(json.loads((out.experiment_dir / "failed_trials.json").read_text())) == [bad]
     states = _states(out.experiment_dir)
@@ -101,8 +102,8 @@ def test_killed_worker_resumes_with_identical_masks_and_score(faulty_search, tmp
     # the same trial config, uninterrupted, in this process
     config = json.loads((trial_dir / "params.json").read_text())
     rec = Recorder(tmp_path)
-    monkeypatch.delenv(T.FAULT_ENV, raising=False)
-    T.run_schedule(config, rec)
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    run_schedule(config, rec)
     assert [r["iteration"] for r in rec.rows] == list(range(1, planned + 1))
     assert raw[-1]["score"] == rec.rows[-1]["score"]
     assert raw[-1]["sparsity"] == rec.rows[-1]["sparsity"]

@@ -19,9 +19,10 @@ import torch
 
 from tune_prune.errors import TunePruneError, WorkloadError
 from tune_prune.export import MASKS_FILE
-from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
+from tune_prune.search.reporting import checked_score
 from tune_prune.search.runner import fixed_config
+from tune_prune.search.schedule import run_schedule
 from tune_prune.search.space import define_space
 from tune_prune.workloads.digits import DigitsWorkload
 
@@ -53,7 +54,7 @@ def _config(cache, workload="digits", options=None, lr=0.01, n=3, **extra) -> di
 
 def _run(root, config, report, ckpt=None) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    T.run_schedule(config, report, restore_from=ckpt)
+    run_schedule(config, report, restore_from=ckpt)
 
 
 @pytest.mark.parametrize("kill_after", [1, 2])
@@ -122,7 +123,7 @@ def test_bad_score_mid_trial_raises_before_any_report(tmp_path, rel_baseline_cac
 
 
 def test_checked_score() -> None:
-    assert T.checked_score(0.5, 1) == 0.5 and T.checked_score(1, 1) == 1.0
+    assert checked_score(0.5, 1) == 0.5 and checked_score(1, 1) == 1.0
     for bad in (True, float("-inf"), [0.5], {}):
         with pytest.raises(WorkloadError):
-            T.checked_score(bad, 3)
+            checked_score(bad, 3)

@@ -32,19 +32,29 @@ def _restore(path: Path, saved: str | None) -> None:
         pass
 
 
+#: GCS settings under which a node that stops answering counts as dead within ~5 s
+#: (Ray's defaults take about 30 s): health checks every second, dead after 5 failures.
+FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
+
+
 @contextlib.contextmanager
-def two_node_cluster(cpus_per_node: int = 1, timeout_s: float = 60.0) -> Iterator[Any]:
-    """Head + one worker node (``cpus_per_node`` CPUs each, no dashboard); always shut down."""
+def two_node_cluster(
+    cpus_per_node: int = 1, timeout_s: float = 60.0, system_config: dict[str, Any] | None = None
+) -> Iterator[Any]:
+    """Head + one worker node (``cpus_per_node`` CPUs each, no dashboard); always shut down.
+
+    ``system_config``: Ray's internal settings of the head (e.g. :data:`FAST_NODE_DEATH`).
+    """
     from ray.cluster_utils import Cluster
 
     address_file = _address_file()
     saved = address_file.read_text() if address_file.exists() else None
     cluster = None
+    head_args: dict[str, Any] = {"num_cpus": cpus_per_node, "include_dashboard": False}
+    if system_config:
+        head_args["_system_config"] = dict(system_config)
     try:
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
-        )
+        cluster = Cluster(initialize_head=True, head_node_args=head_args)
         _restore(address_file, saved)
         cluster.add_node(num_cpus=cpus_per_node)
         cluster.wait_for_nodes(timeout=timeout_s)
@@ -55,6 +65,15 @@ def two_node_cluster(cpus_per_node: int = 1, timeout_s: float = 60.0) -> Iterato
                 cluster.shutdown()
         finally:
             _restore(address_file, saved)
+
+
+def remove_worker_node(cluster: Any) -> str:
+    """Kill the worker node of a :func:`two_node_cluster` without warning (SIGKILL of its
+    raylet and the processes it started: a machine lost); returns its node id."""
+    (worker,) = cluster.worker_nodes
+    node_id = worker.node_id
+    cluster.remove_node(worker, allow_graceful=False)
+    return node_id
 
 
 def node_ids(cluster: Any) -> dict[str, str]:

@@ -52,7 +52,7 @@ def test_search_spreads_over_both_nodes(baseline_cache, tmp_path) -> None:
         assert code == 0
 
         exp = storage / NAME
-        table = pd.read_csv(exp / "trials.csv")
+        table = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
         actors = set(table["ray_actor_id"].astype(str))
         placed = actor_nodes(cluster, actors)
 
@@ -64,7 +64,7 @@ def test_search_spreads_over_both_nodes(baseline_cache, tmp_path) -> None:
         assert list(g["iteration"]) == list(range(1, planned + 1)), (tid, list(g["iteration"]))
         assert list(g["planned_iterations"]) == [planned] * planned, tid
         assert list(g["schedule_done"]) == [False] * (planned - 1) + [True], tid
-    best = pd.read_csv(exp / "best_per_trial.csv")
+    best = pd.read_csv(exp / "best_per_trial.csv", dtype={"trial_id": str})
     assert sorted(best["trial_id"]) == sorted(table["trial_id"].unique())
     assert (best["status"] == "complete").all(), best[["trial_id", "status"]]
 

@@ -122,7 +122,8 @@ def test_flags_override_toml(tmp_path: Path) -> None:
 def test_every_field_has_a_flag() -> None:
     help_text = build_parser().format_help()
     for name in SearchConfig.model_fields:
-        special = {"export_dir": "--export", "workload_options": "--workload-option"}
+        special = {"export_dir": "--export", "workload_options": "--workload-option",
+                   "channel_options": "--channel-option"}
         flag = special.get(name, "--" + name.replace("_", "-"))
         assert flag in help_text, flag
 

@@ -88,7 +88,7 @@ def test_cli_exit_code_and_files(search) -> None:
 
 def test_one_row_per_reported_iteration(search) -> None:
     exp: Path = search["exp"]
-    table = pd.read_csv(exp / "trials.csv")
+    table = pd.read_csv(exp / "trials.csv", dtype={"trial_id": str})
     reported = sum(len((d / "result.json").read_text().splitlines())
                    for d in exp.glob("trial_*") if d.is_dir())
     assert len(table) == reported
@@ -103,7 +103,7 @@ def test_one_row_per_reported_iteration(search) -> None:
 
 
 def test_best_table(search) -> None:
-    best = pd.read_csv(search["exp"] / "best_per_trial.csv")
+    best = pd.read_csv(search["exp"] / "best_per_trial.csv", dtype={"trial_id": str})
     assert len(best) == TRIALS
     assert list(best["objective"]) == sorted(best["objective"], reverse=True)
     top = best.iloc[0]
@@ -117,14 +117,14 @@ def test_export_of_best_reloads(search) -> None:
     from tune_prune.export import load
     from tune_prune.workloads import get_workload
 
-    best = pd.read_csv(search["exp"] / "best_per_trial.csv").iloc[0]
+    best = pd.read_csv(search["exp"] / "best_per_trial.csv", dtype={"trial_id": str}).iloc[0]
     model = load(search["storage"] / "export")
     workload = get_workload("digits", baseline_epochs=3.0)
     assert abs(workload.evaluate(model, "val") - best["score"]) < 1e-6
 
 
 def test_trials_listed_through_ray_state_api(search) -> None:
-    table = pd.read_csv(search["exp"] / "trials.csv")
+    table = pd.read_csv(search["exp"] / "trials.csv", dtype={"trial_id": str})
     actor_ids = set(table["ray_actor_id"].astype(str))
     assert len(actor_ids) == TRIALS
     assert actor_ids <= set(search["seen"]), (actor_ids, search["seen"], search["errors"][-3:])
@@ -144,10 +144,10 @@ def test_optuna_study_on_disk(search) -> None:
 
 
 def test_resume_of_finished_experiment_runs_nothing_new(search, capsys) -> None:
-    before = len(pd.read_csv(search["exp"] / "trials.csv"))
+    before = len(pd.read_csv(search["exp"] / "trials.csv", dtype={"trial_id": str}))
     code = main(["--resume", "--name", NAME, "--storage-path", str(search["storage"])])
     assert code == 0
-    assert len(pd.read_csv(search["exp"] / "trials.csv")) == before
+    assert len(pd.read_csv(search["exp"] / "trials.csv", dtype={"trial_id": str})) == before
     out = capsys.readouterr().out
     assert "Best schedules" in out and str(search["exp"]) in out
 
@@ -169,7 +169,7 @@ def test_dry_run_search_stopped_trials_are_pruned_in_optuna(ray_local, tmp_path)
                  "--warm-start", "none", "--screen-fraction", "1",
                  "--storage-path", str(tmp_path), "--name", "dry"])
     assert code == 0
-    best = pd.read_csv(tmp_path / "dry" / "best_per_trial.csv")
+    best = pd.read_csv(tmp_path / "dry" / "best_per_trial.csv", dtype={"trial_id": str})
     assert len(best) == 8
     study = optuna.load_study(study_name="dry", storage=journal_storage(tmp_path / "dry"))
     state = {t.user_attrs["tune_trial_id"]: t.state for t in study.trials}
@@ -187,7 +187,7 @@ def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_pa
                      "--seed", "5", "--early-stopping", "fair", "--early-stopping-rungs", "0.3", "0.6",
                      "--storage-path", str(tmp_path), "--name", name])
         assert code == 0
-        best = pd.read_csv(tmp_path / name / "best_per_trial.csv")
+        best = pd.read_csv(tmp_path / name / "best_per_trial.csv", dtype={"trial_id": str})
         cols = ["generator", "pruner", "mode", "total_iteration", "lr", "status", "iterations_run",
                 "score", "sparsity"]
         rows = sorted(best[cols].itertuples(index=False, name=None), key=repr)
@@ -199,7 +199,7 @@ def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_pa
     assert len(first[0]) == 8
     assert first == second
     # the default warm start (one-shot at three lrs) is the study's first trials, marked in the table
-    best = pd.read_csv(tmp_path / "det1" / "best_per_trial.csv")
+    best = pd.read_csv(tmp_path / "det1" / "best_per_trial.csv", dtype={"trial_id": str})
     warm = best[best["warm_start"]]
     assert len(warm) == 3 and set(warm["total_iteration"]) == {1} and warm["lr"].nunique() == 3
     study = optuna.load_study(study_name="det1", storage=journal_storage(tmp_path / "det1"))

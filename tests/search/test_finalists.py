@@ -136,7 +136,7 @@ def test_screened_search_end_to_end(baseline_cache, tmp_path) -> None:
     assert set(final["screen_trial_id"]) <= set(screened["trial_id"])
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["final"]["select_split"] == "val"  # digits has no select split
-    pick = pd.read_csv(exp / FINAL_DIR / "best_per_trial.csv").iloc[0]
+    pick = pd.read_csv(exp / FINAL_DIR / "best_per_trial.csv", dtype={"trial_id": str}).iloc[0]
     spec = json.loads((tmp_path / "export" / "spec.json").read_text())
     assert spec["metrics"]["trial_id"] == pick["trial_id"]  # the export is the best finalist
     assert spec["metrics"]["score"] == pytest.approx(pick["score"])

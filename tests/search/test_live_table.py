@@ -23,7 +23,7 @@ def test_rows_are_appended_with_one_header(tmp_path) -> None:
     first_bytes = (tmp_path / LIVE_FILE).read_bytes()
     _report(cb, "b", 1, {"fixed": {}, "finalist": {"generator": "linear", "lr": 0.1}}, stage="final")
     _report(cb, "a", 2, config, objective=float("nan"))
-    table = pd.read_csv(tmp_path / LIVE_FILE)
+    table = pd.read_csv(tmp_path / LIVE_FILE, dtype={"trial_id": str})
     assert list(table.columns) == list(COLUMNS)
     assert list(zip(table["trial_id"], table["iteration"])) == [("a", 1), ("b", 1), ("a", 2)]
     assert list(table["generator"]) == ["agp", "linear", "agp"]  # a finalist's schedule is unwrapped
@@ -41,3 +41,27 @@ def test_a_second_callback_on_the_same_folder_keeps_appending(tmp_path) -> None:
     lines = (tmp_path / LIVE_FILE).read_text().splitlines()
     assert lines[0].startswith("trial_id,") and sum(line.startswith("trial_id,") for line in lines) == 1
     assert len(lines) == 3
+
+
+def test_collect_keeps_a_report_tunes_result_json_lost(tmp_path) -> None:
+    """A restarted trial's result.json is copied back from a stale storage copy by Tune and
+    can lose its first report; the driver's reports.jsonl still has it (seen in CI)."""
+    import json
+
+    from tune_prune.search import results as R
+
+    trial = tmp_path / "trial_t1"
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps({"generator": "agp"}))
+    rows = [{"trial_id": "t1", "iteration": i, "training_iteration": i, "objective": 0.1 * i,
+             "finetune_epochs_cum": i, "schedule_done": i == 3, "score": 0.5} for i in (1, 2, 3)]
+    (trial / "result.json").write_text("\n".join(json.dumps(r) for r in rows[1:]) + "\n")  # lost row 1
+    cb = LiveTable(tmp_path)
+    for row in rows:
+        cb.on_trial_result(0, [], SimpleNamespace(trial_id="t1", config={"generator": "agp"}),
+                           {**row, "config": {"huge": "not stored twice"}})
+    table = R.collect(tmp_path)
+    assert list(table["iteration"]) == [1, 2, 3]
+    assert "config" not in (tmp_path / "reports.jsonl").read_text()
+    (tmp_path / "reports.jsonl").unlink()  # an experiment of an older release: result.json alone
+    assert list(R.collect(tmp_path)["iteration"]) == [2, 3]

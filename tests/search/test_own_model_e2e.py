@@ -45,7 +45,7 @@ def test_cli_searches_a_user_file_and_the_export_reloads(tmp_path, monkeypatch, 
     exp = tmp_path / "res" / "own"
     config = json.loads((exp / "search_config.json").read_text())
     assert config["workload"] == f"{tmp_path / rel}:workload"  # made absolute for the workers
-    live = pd.read_csv(exp / "trials_live.csv")
+    live = pd.read_csv(exp / "trials_live.csv", dtype={"trial_id": str})
     assert live["trial_id"].nunique() == 2 and len(live) >= 2
 
     model = load(tmp_path / "best")  # rebuilds the user's architecture from the spec

@@ -18,11 +18,11 @@ from torch import nn
 
 from tests.workloads.test_pretrained import TRAININGS, TinyWorkload, trained_state
 from tune_prune.errors import ConfigError, WorkloadError
-from tune_prune.search import trainable as T
 from tune_prune.search.cli import main, parse_config
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.finalists import final_fixed
 from tune_prune.search.runner import check_workload, fixed_config, run_search
+from tune_prune.search.schedule import run_schedule
 from tune_prune.search.space import define_space
 from tune_prune.workloads.base import state_dict_digest
 
@@ -287,7 +287,7 @@ def test_models_are_moved_to_the_workload_device_before_evaluate(tmp_path, weigh
 
 
 def test_trial_starts_from_the_weights(tmp_path, weights) -> None:
-    """The trial body (trainable._prune) applies fixed['pretrained'] and trains no baseline."""
+    """The trial body (schedule._run_pruning) applies fixed['pretrained'] and trains no baseline."""
     path, state = weights
     cfg = _cfg(tmp_path, pretrained=str(path), finetune_epochs=[0.25], lr_schedules=["cosine"],
                test_split=None)
@@ -295,12 +295,12 @@ def test_trial_starts_from_the_weights(tmp_path, weights) -> None:
               "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.01, "lr_schedule": "cosine"}
     config = {"fixed": fixed_config(cfg, True), **define_space(optuna.trial.FixedTrial(params), cfg)}
     TRAININGS.clear()
-    rows = T.run_schedule(config)
+    rows = run_schedule(config)
     assert TRAININGS == []
     assert rows[-1]["baseline_score"] == _tiny_score(state)
     # without the weights the same trial trains (and reports) its own baseline
     config["fixed"]["pretrained"] = None
-    plain = T.run_schedule(config)
+    plain = run_schedule(config)
     assert TRAININGS == [0] and plain[-1]["baseline_score"] != rows[-1]["baseline_score"]
 
 

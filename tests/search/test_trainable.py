@@ -9,10 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tune_prune.export import load_pruned
 from tune_prune.search import metrics as M
-from tune_prune.search import trainable as T
 from tune_prune.search.config import SearchConfig
+from tune_prune.search.reporting import RESULT_DIR, SCHEDULER_DIR, STATE_FILE
 from tune_prune.search.runner import fixed_config
+from tune_prune.search.schedule import run_schedule
 from tune_prune.search.space import define_space
 
 from .conftest import WORKLOAD_OPTIONS
@@ -48,7 +50,7 @@ def _config(cache: Path, generator: str = "agp", n: int = 2, **extra: object) ->
 
 def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache) -> None:
     rec = _Recorder(tmp_path)
-    T.run_schedule(_config(baseline_cache, "agp", 2), rec)
+    run_schedule(_config(baseline_cache, "agp", 2), rec)
     assert [r["iteration"] for r in rec.rows] == [1, 2]
     assert [r[M.SCHEDULE_DONE] for r in rec.rows] == [False, True]
     last = rec.rows[-1]
@@ -59,19 +61,19 @@ def test_reports_every_iteration_with_checkpoint(tmp_path, baseline_cache) -> No
     assert last["finetune_epochs_cum"] == pytest.approx(0.5)
     assert last["macs_ratio"] < 1 and last["params_ratio"] < 1
     for ck in rec.ckpts:
-        assert (ck / T.STATE_FILE).exists() and (ck / T.SCHEDULER_DIR / "scheduler.json").exists()
-        assert (ck / T.RESULT_DIR / "model.pt").exists() and (ck / T.RESULT_DIR / "spec.json").exists()
+        assert (ck / STATE_FILE).exists() and (ck / SCHEDULER_DIR / "scheduler.json").exists()
+        assert (ck / RESULT_DIR / "model.pt").exists() and (ck / RESULT_DIR / "spec.json").exists()
 
 
 def test_killed_trial_resumes_from_checkpoint(tmp_path, baseline_cache) -> None:
     full = _Recorder(tmp_path / "full")
-    T.run_schedule(_config(baseline_cache, "linear", 3), full)
+    run_schedule(_config(baseline_cache, "linear", 3), full)
 
     killed = _Recorder(tmp_path / "killed", fail_after=1)
     with pytest.raises(KeyboardInterrupt):
-        T.run_schedule(_config(baseline_cache, "linear", 3), killed)
+        run_schedule(_config(baseline_cache, "linear", 3), killed)
     resumed = _Recorder(tmp_path / "resumed")
-    T.run_schedule(_config(baseline_cache, "linear", 3), resumed, restore_from=killed.ckpts[-1])
+    run_schedule(_config(baseline_cache, "linear", 3), resumed, restore_from=killed.ckpts[-1])
     assert [r["iteration"] for r in resumed.rows] == [2, 3]
     assert resumed.rows[-1]["finetune_epochs_cum"] == full.rows[-1]["finetune_epochs_cum"]
     assert resumed.rows[-1]["sparsity"] == pytest.approx(full.rows[-1]["sparsity"])
@@ -86,12 +88,12 @@ def test_test_score_is_the_reported_model_on_the_test_split(tmp_path, baseline_c
     from tune_prune.workloads import get_workload
 
     rec = _Recorder(tmp_path)
-    T.run_schedule(_config(baseline_cache, generator, 2), rec)
+    run_schedule(_config(baseline_cache, generator, 2), rec)
     workload = get_workload("digits", **WORKLOAD_OPTIONS)
     for row, ck in zip(rec.rows, rec.ckpts):
-        result = T.load_result(ck / T.RESULT_DIR, workload)
-        model = result.compact_model
-        wrap_model(model, result.compact_model_masks)
+        result = load_pruned(ck / RESULT_DIR, workload)
+        model = result.model
+        wrap_model(model, result.masks)
         try:
             assert row["test_score"] == workload.evaluate(model, "test")
             assert row["score"] == workload.evaluate(model, "val")
@@ -104,13 +106,13 @@ def test_test_split_none_reports_nan(tmp_path, baseline_cache) -> None:
     rec = _Recorder(tmp_path)
     config = _config(baseline_cache, "agp", 1)
     config["fixed"]["test_split"] = None
-    T.run_schedule(config, rec)
+    run_schedule(config, rec)
     assert len(rec.rows) == 1 and math.isnan(rec.rows[0]["test_score"])
 
 
 def test_lottery_ticket_final_row_is_retrained_at_target(tmp_path, baseline_cache) -> None:
     rec = _Recorder(tmp_path)
-    T.run_schedule(_config(baseline_cache, "lottery_ticket", 2), rec)
+    run_schedule(_config(baseline_cache, "lottery_ticket", 2), rec)
     assert len(rec.rows) == 3  # two tickets + the retrained last ticket
     assert [r["es_comparable"] for r in rec.rows] == [False] * 3
     last = rec.rows[-1]
@@ -134,11 +136,11 @@ def test_layer_adaptive_modes_reach_the_target_with_every_layer_alive(tmp_path, 
     config = _config(baseline_cache, "agp", 1, mode__level=mode)
     config["fixed"]["target_sparsity"] = 0.95
     assert config["mode"] == mode
-    T.run_schedule(config, rec)
+    run_schedule(config, rec)
     assert rec.rows[-1]["reached_target"] and abs(rec.rows[-1]["sparsity"] - 0.95) < 0.005
     from tune_prune.export import load_pruned
 
-    masks = load_pruned(rec.ckpts[-1] / T.RESULT_DIR).masks  # the folder names its workload
+    masks = load_pruned(rec.ckpts[-1] / RESULT_DIR).masks  # the folder names its workload
     assert masks and all(bool(m["weight"].any()) for m in masks.values())
 
 
@@ -146,7 +148,7 @@ def test_learning_rate_rewinding_trial_runs_without_an_lr(tmp_path, baseline_cac
     rec = _Recorder(tmp_path)
     config = _config(baseline_cache, "agp", 1, lr_schedule="rewind")
     assert config["lr"] is None
-    T.run_schedule(config, rec)
+    run_schedule(config, rec)
     assert rec.rows[-1]["reached_target"] and 0 <= rec.rows[-1]["score"] <= 1
 
 
@@ -166,6 +168,6 @@ def test_channel_target_counts_as_reached_within_per_layer_rounding(tmp_path, ba
     params = {"generator": "agp", "pruner": "l1", "mode__l1": "normal", "total_iteration": 1,
               "reset_weight": False, "finetune_epochs": 0.25, "lr": 0.05}
     config = {"fixed": fixed_config(cfg, True), **define_space(optuna.trial.FixedTrial(params), cfg)}
-    rows = T.run_schedule(config, _Recorder(tmp_path))
+    rows = run_schedule(config, _Recorder(tmp_path))
     assert rows[-1]["sparsity"] < 0.562 - 0.02  # short of the target by the rounding ...
     assert rows[-1]["reached_target"] and rows[-1]["objective"] == rows[-1]["score"]  # ... yet at target

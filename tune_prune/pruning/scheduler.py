@@ -28,8 +28,9 @@ one, the ticket at the target (NNI's ``best_result_mode='latest'``).
 
 ``on_iteration(result, measurements)`` is called after every task with
 ``{task_id, iteration, total_tasks, score, sparsity, params, macs, finetune_seconds,
-seconds}``; ``sparsity`` is the fraction of the original model's selected weights
-removed or masked, ``macs`` needs ``dummy_input`` (None otherwise).
+seconds}``, and once more after a retrained ticket (``retrained_ticket: True``);
+``sparsity`` is the fraction of the original model's selected weights removed or
+masked, ``macs`` needs ``dummy_input`` (None otherwise).
 
 ``save_state(dir)`` / ``load_state(dir)`` checkpoint a run between tasks (state dicts,
 masks and JSON only; compact models are rebuilt from the original architecture and
@@ -306,17 +307,30 @@ class PruningScheduler:
         return value
 
     def _retrain_best_ticket(self) -> None:
-        """Fine-tune the best (untrained) ticket once with its masks held; re-evaluate it."""
+        """Fine-tune the best (untrained) ticket once with its masks held; re-evaluate it.
+
+        ``on_iteration`` hears of it like a task, with ``retrained_ticket=True`` in the
+        measurements (task id ``<id>-retrained``). The flag is set before that call, so a
+        state saved from it resumes without retraining twice.
+        """
         best = self.get_best_result()
         if best is None or self.finetuner is None:
             _logger.warning("retrain_ticket: nothing to retrain (no result or no finetuner)")
             return
         task_id, model, masks, _, _ = best
+        start = time.perf_counter()
+        self._finetune_seconds = 0.0
         self._finetune(model, masks)
         score = self._evaluate(model, masks)
-        self.task_generator.replace_best_result(TaskResult(task_id, model, masks, masks, score))
+        result = TaskResult(task_id, model, masks, masks, score)
+        self.task_generator.replace_best_result(result)
         self._ticket_retrained = True
         _logger.info("retrained ticket of task %s: score %s", task_id, _fmt(score))
+        if self.on_iteration is not None:
+            measurements = self._measure(result)
+            measurements.update(task_id=f"{task_id}-retrained", retrained_ticket=True,
+                                seconds=time.perf_counter() - start)
+            self.on_iteration(result, measurements)
 
     # ------------------------------------------------------------ reporting
     def _run_task(self, task: Task) -> None:

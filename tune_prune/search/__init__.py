@@ -17,8 +17,8 @@ def run_search(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy wrapper
 
 
 def run_schedule(*args, **kwargs):  # noqa: ANN002, ANN003 - thin lazy wrapper
-    """Run one schedule without Ray; see :func:`tune_prune.search.trainable.run_schedule`."""
-    from tune_prune.search.trainable import run_schedule as _run
+    """Run one schedule without Ray; see :func:`tune_prune.search.schedule.run_schedule`."""
+    from tune_prune.search.schedule import run_schedule as _run
 
     return _run(*args, **kwargs)
 

@@ -14,9 +14,9 @@ from typing import Any
 from torch import nn
 
 from tune_prune.pruning.config import resolve_config_list
-from tune_prune.pruning.measure import count_macs, count_params
+from tune_prune.pruning.pruners.allocation import num_pruned, rounded_prune
+from tune_prune.pruning.pruners.norm import CHANNEL_OPTION_DEFAULTS
 from tune_prune.pruning.pruners.registry import get_pruner_class
-from tune_prune.pruning.tools import sparsity as sp
 from tune_prune.search.registry import generator_spec
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ def make_config_list(
     return [{"op_types": op_types, "sparsity_per_layer": target}]
 
 
-def channel_rounding_slack(model: nn.Module, config_list: list[dict[str, Any]]) -> float:
+def channel_rounding_slack(
+    model: nn.Module, config_list: list[dict[str, Any]], round_to: int = 1
+) -> float:
     """How far short of a channel target per-layer rounding can leave a schedule.
 
     Per-layer channel pruning removes ``int(s * n)`` of a layer's ``n`` output channels
@@ -54,7 +56,12 @@ def channel_rounding_slack(model: nn.Module, config_list: list[dict[str, Any]]) 
     channel per layer: 0.523 for a 0.562 target on digits' 16-64-channel convs, far more
     than the search's default tolerance of 0.02. The trial's tolerance is widened by this
     slack, so a schedule that reaches all the rounding allows counts as at the target.
-    Entries that count one total over their layers (global) do not round per layer: 0.
+    With ``round_to > 1`` (the trial's ``round_to`` option) each layer keeps a multiple of
+    ``round_to`` (rounded down, so usually *more* is removed, but at least
+    ``min(round_to, n)`` channels, which can remove less): the slack is the shortfall
+    summed over the layers (a layer's overshoot offsets another's shortfall, as in the
+    measured total), never below 0. Entries that count one total over their layers
+    (global) do not round per layer: 0.
     """
 
     modules = dict(model.named_modules())
@@ -64,17 +71,36 @@ def channel_rounding_slack(model: nn.Module, config_list: list[dict[str, Any]]) 
             n = int(getattr(modules[name], "out_channels", 0) or 0)
             total += n
             if entry.per_layer and n:
-                short += entry.total_sparsity * n - int(entry.total_sparsity * n)
-    return short / total if total else 0.0
+                s = entry.total_sparsity
+                short += s * n - rounded_prune(n, num_pruned(s, n), round_to)
+    return max(0.0, short / total) if total else 0.0
 
 
-def make_pruner(name: str, mode: str, dummy_input: Any) -> Any:
-    """An unbound pruner (the scheduler binds it to each task's model)."""
+#: Trial-config keys that are pruner keywords (the channel pruners' options).
+PRUNER_OPTION_KEYS = tuple(CHANNEL_OPTION_DEFAULTS)
+
+
+def pruner_options(trial: dict[str, Any]) -> dict[str, Any]:
+    """The pruner keywords a trial config sets (``normalizer``, ``bn_scale``, ...)."""
+    return {key: trial[key] for key in PRUNER_OPTION_KEYS if key in trial}
+
+
+def make_pruner(name: str, mode: str, dummy_input: Any, options: dict[str, Any] | None = None) -> Any:
+    """An unbound pruner (the scheduler binds it to each task's model).
+
+    ``options``: pruner keywords (:func:`pruner_options` of the trial config); one the
+    pruner does not take raises ValueError naming it.
+    """
 
     cls = get_pruner_class(name)
     kwargs: dict[str, Any] = {"mode": mode}
-    if "dummy_input" in inspect.signature(cls.__init__).parameters:
+    params = inspect.signature(cls.__init__).parameters
+    if "dummy_input" in params:
         kwargs["dummy_input"] = dummy_input
+    for key, value in (options or {}).items():
+        if key not in params or key in ("model", "config_list", "mode", "dummy_input"):
+            raise ValueError(f"pruner {name!r} takes no option {key!r}")
+        kwargs[key] = value
     return cls(None, None, **kwargs)
 
 
@@ -123,21 +149,3 @@ def rewind_steps(trial: dict[str, Any], workload: Any) -> int:
     steps_per_epoch = getattr(workload, "steps_per_epoch", None)
     per_epoch = int(steps_per_epoch()) if callable(steps_per_epoch) else 16
     return max(1, round(0.25 * per_epoch))
-
-
-def measure_result(generator: Any, model: nn.Module, masks: Any, dummy_input: Any) -> dict[str, Any]:
-    """Sparsity/params/MACs of a result outside the scheduler (the retrained ticket)."""
-
-    origin = generator.origin_model
-    names = sorted({n for e in resolve_config_list(origin, generator.origin_config_list) for n in e.module_names})
-    out: dict[str, Any] = {
-        "sparsity": sp.removed_fraction(origin, model, masks, names),
-        "params": count_params(model, masks),
-        "macs": None,
-    }
-    out["weight_sparsity"] = sp.removed_weight_fraction(origin, model, masks, names)
-    try:
-        out["macs"] = count_macs(model, dummy_input, masks)
-    except Exception as exc:  # noqa: BLE001 - a metric must not kill the trial
-        logger.warning("count_macs failed on the final result: %r", exc)
-    return out

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument("--workload-option", dest=name, action="append", metavar="KEY=VALUE",
                                 type=_key_value, help=help_text)
             continue
+        if name == "channel_options":
+            parser.add_argument("--channel-option", dest=name, action="append", metavar="KEY=CHOICES",
+                                type=_key_value, help=help_text + "; flag: --channel-option KEY=JSON "
+                                "(repeatable), e.g. --channel-option 'normalizer=[\"none\", \"mean\"]'")
+            continue
         if name == "export_dir":
             parser.add_argument("--export", dest=name, metavar="DIR", help=help_text)
             continue
@@ -119,8 +124,9 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[SearchConfig, argpa
     config_file = values.pop("config", None)
     values.pop("log_level", None)
     base = load_toml(config_file) if config_file else {}
-    if "workload_options" in values:  # flags add to (and override) the file's options
-        values["workload_options"] = {**base.get("workload_options", {}), **dict(values["workload_options"])}
+    for key in ("workload_options", "channel_options"):  # flags add to (and override) the file's
+        if key in values:
+            values[key] = {**(base.get(key) or {}), **dict(values[key])}
     return SearchConfig.create(**merge_values(base, values)), args
 
 
@@ -165,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         status.close()  # a half-drawn status line must not swallow what follows
     print_summary(out)
+    if out.ray_kept:  # --keep-ray-up: the dashboard until Ctrl-C
+        from tune_prune.search.runner import hold_ray
+
+        hold_ray(out, print)
     if out.interrupted:
         return 130
     return 0 if out.num_errors == 0 or not out.best.empty else 1
@@ -216,14 +226,26 @@ def print_summary(out: Any) -> None:
         print(f"Pareto front      : {out.files.pareto_csv}")
     for p in out.files.plots:
         print(f"plot              : {p}")
-    print(f"Optuna study      : {out.journal_path} (study '{out.study_name}')")
-    print(f"  optuna-dashboard {out.journal_path}")
-    print("  or: optuna.load_study(study_name=..., storage=optuna.storages.JournalStorage("
-          "optuna.storages.journal.JournalFileBackend(PATH)))")
+    if out.journal_path is not None:
+        print(f"Optuna study      : {out.journal_path} (study '{out.study_name}')")
+        print(f"  optuna-dashboard {out.journal_path}")
+        print("  or: optuna.load_study(study_name=..., storage=optuna.storages.JournalStorage("
+              "optuna.storages.journal.JournalFileBackend(PATH)))")
+    else:  # a database (--optuna-storage); the URL without its password
+        print(f"Optuna study      : {out.optuna_storage} (study '{out.study_name}')")
+        print(f"  optuna-dashboard {out.optuna_storage}")
+        print(f"  or: optuna.load_study(study_name={out.study_name!r}, storage=URL)")
     if out.files.tensorboard_dir:
         print(f"TensorBoard       : tensorboard --logdir {exp}   (per-trial: {out.files.tensorboard_dir})")
     if out.dashboard_url:
-        print(f"Ray dashboard     : {out.dashboard_url} (live while Ray runs; token auth: print the "
+        if out.ray_kept:
+            when = "up until you press Ctrl-C"
+        elif cfg.address:
+            when = f"the cluster's, at --address {cfg.address}: it stays up"
+        else:
+            when = ("ended with the search: --keep-ray-up keeps it until Ctrl-C, or start Ray "
+                    "with `ray start --head` and search with --address auto")
+        print(f"Ray dashboard     : {out.dashboard_url} ({when}; token auth: print the "
               "token with `ray get-auth-token`, stored in ~/.ray/auth_token)")
     print(f"resume            : python -m tune_prune.search --resume --name {exp.name} "
           f"--storage-path {exp.parent}")

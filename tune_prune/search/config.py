@@ -23,6 +23,7 @@ from tune_prune.search.registry import (
     DEFAULT_PRUNERS,
     GENERATOR_NAMES,
     PRUNER_MODES,
+    channel_option_choices,
     generators_help,
 )
 from tune_prune.search.warm_start import warm_start_points
@@ -41,6 +42,9 @@ DEFAULT_FINETUNE_BUDGET = 5.0
 #: full budget's best of 16 on TEST; at 0.1 of the budget: 33 points below at 95 %).
 DEFAULT_SCREEN_FRACTION = 0.25
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
+#: Database driver module -> the pip package that provides it (optuna_storage's hint).
+_DB_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+               "pymysql": "PyMySQL"}
 
 
 class SearchConfig(BaseModel):
@@ -117,6 +121,15 @@ class SearchConfig(BaseModel):
         "over each fine-tune), 'constant', 'rewind' (learning-rate rewinding, Renda et al. 2020: "
         "replay the dense training's last lrs; no lr is searched then). Default: the "
         "workload's own schedule, not searched (cosine for the built-in workloads)",
+    )
+    channel_options: dict[str, Any] | None = Field(
+        None,
+        description="channel pruners' options the search chooses from, option -> list of choices "
+        "(TOML table or JSON): normalizer ('none', 'mean', 'max': scale each coupled layer's, "
+        "BatchNorm's and reader's importance before summing), bn_scale (count BatchNorm |gamma|), "
+        "input_weights (count the weights that read the channel; bn_scale + input_weights "
+        "without a normalizer is Torch-Pruning's magnitude rule), round_to (kept channels a "
+        "multiple of it). Default: none searched, NNI's channel choice. channels only",
     )
     warm_start: list[str | dict[str, Any]] = Field(
         ["one_shot_lrs"],
@@ -214,12 +227,24 @@ class SearchConfig(BaseModel):
     baseline_cache_dir: str | None = Field(
         None, description="dense baseline cache (default: STORAGE_PATH/baseline_cache)"
     )
+    optuna_storage: str | None = Field(
+        None,
+        description="Optuna storage URL the study (named NAME) goes to instead of the journal file "
+        "NAME/optuna_journal.log: any Optuna RDB URL, e.g. 'sqlite:////abs/path/studies.db' on one "
+        "machine or 'postgresql+psycopg2://user@host/db' for a cluster (only the driver connects; put "
+        "the password in ~/.pgpass or PGPASSWORD, not the URL, which is saved in search_config.json)",
+    )
     # ---- Ray
     address: str | None = Field(None, description="address of an existing Ray cluster (default: local)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (default: all)")
     include_dashboard: bool = Field(True, description="start the Ray dashboard with a local instance")
     dashboard_host: str = Field("127.0.0.1", description="interface the Ray dashboard listens on")
     dashboard_port: int = Field(8265, ge=1, le=65535, description="port of the Ray dashboard")
+    keep_ray_up: bool = Field(
+        False,
+        description="after the search, keep the local Ray instance (and its dashboard) up until "
+        "Ctrl-C; a cluster given with --address stays up anyway",
+    )
 
     # ---------------------------------------------------------------- validators
     @field_validator("pruners")
@@ -351,10 +376,55 @@ class SearchConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("optuna_storage")
+    @classmethod
+    def _check_optuna_storage(cls, value: str | None) -> str | None:
+        """A URL SQLAlchemy parses, of a database whose driver is installed; SQLite as an absolute path."""
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("must be a database URL (or none for the journal file)")
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(f"not a database URL ({exc}); e.g. 'sqlite:////abs/path/studies.db' "
+                             "or 'postgresql://user@host:5432/db'") from None
+        try:
+            dialect = url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database {url.drivername!r} (e.g. sqlite, postgresql, mysql)") from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            package = _DB_DRIVERS.get(str(getattr(exc, "name", "") or "").split(".")[0])
+            hint = f" (pip install '{package}')" if package else ""
+            if url.get_backend_name() == "postgresql" and "+" not in url.drivername:
+                hint += "; or name an installed driver: 'postgresql+psycopg2://...' (psycopg2-binary)"
+            raise ValueError(f"the Python driver of {url.drivername!r} is not installed: {exc}{hint}") from None
+        if url.get_backend_name() == "sqlite":
+            database = url.database or ""
+            if database in ("", ":memory:") or database.startswith("file::memory:"):
+                raise ValueError("an in-memory SQLite database ends with the search and cannot be "
+                                 "resumed; name a file, e.g. 'sqlite:////abs/path/studies.db'")
+            # absolute: a resumed search (or optuna-dashboard) may run in another directory
+            absolute = str(Path(database).expanduser().resolve())
+            if absolute != database:
+                value = url.set(database=absolute).render_as_string(hide_password=False)
+        return value
+
     @field_validator("workload")
     @classmethod
     def _absolute_workload_file(cls, value: str) -> str:
         return resolve_workload_spec(value.strip())
+
+    @field_validator("channel_options")
+    @classmethod
+    def _check_channel_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return channel_option_choices(value) or None
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> SearchConfig:
@@ -414,10 +484,17 @@ class SearchConfig(BaseModel):
                 f"warm_start has {n_warm} schedule(s) but num_samples="
                 f"{self.num_samples!r}: each warm start is one of the trials"
             )
+        if self.channel_options and self.sparsity_kind != "channels":
+            raise ValueError(f"channel_options={self.channel_options!r} needs sparsity_kind='channels'")
         if self.speedup and self.sparsity_kind != "channels":
             raise ValueError("speedup=True needs sparsity_kind='channels'")
         if self.address is not None and self.num_cpus is not None:
             raise ValueError("num_cpus applies to a local Ray instance; do not combine it with address")
+        if self.address is not None and self.keep_ray_up:
+            raise ValueError(
+                f"keep_ray_up=True applies to a local Ray instance; the cluster at address="
+                f"{self.address!r} stays up after the search anyway"
+            )
         return self
 
     # ---------------------------------------------------------------- helpers

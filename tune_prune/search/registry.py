@@ -8,15 +8,20 @@ adding a searchable pruner means giving its class ``search_modes`` (and ``kind``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
 from tune_prune.pruning import tools
+from tune_prune.pruning.pruners.norm import CHANNEL_OPTION_DEFAULTS, check_channel_options
 from tune_prune.pruning.pruners.registry import PRUNERS
 from tune_prune.pruning.tools import formulas
+
+if TYPE_CHECKING:
+    from tune_prune.search.config import SearchConfig
 
 #: SA re-tries a rejected candidate at most this often before cooling anyway. 0: a
 #: rejected candidate still counts as a cool-down step, so an SA trial runs exactly
@@ -159,3 +164,52 @@ DEFAULT_PRUNERS: dict[str, tuple[str, ...]] = {
 }
 WEIGHT_PRUNERS = DEFAULT_PRUNERS["weights"]
 CHANNEL_PRUNERS = DEFAULT_PRUNERS["channels"]
+
+
+#: Channel-pruner options a search may choose (group importance, hardware-friendly widths);
+#: the trial-config key and the Optuna parameter have the option's name (one distribution
+#: each: every channel pruner offers the same choices, ``cfg.channel_options``).
+CHANNEL_PARAMS = tuple(CHANNEL_OPTION_DEFAULTS)
+
+
+def takes_channel_options(pruner: str) -> bool:
+    """Whether the registered pruner ``pruner`` accepts the channel options as keywords."""
+    cls = PRUNERS.get(pruner)
+    if cls is None or cls.kind != "channels":
+        return False
+    params = inspect.signature(cls.__init__).parameters
+    return all(key in params for key in CHANNEL_PARAMS)
+
+
+def channel_option_choices(value: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+    """Validated ``channel_options``: option name -> the values a search may choose.
+
+    ``None`` or ``{}``: nothing searched (NNI's defaults; the space is unchanged). A
+    value that is one choice fixes the option for every channel trial; several are
+    searched (categorical). Raises ValueError naming the option and value.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"channel_options must be a table of option -> choices, got {value!r}")
+    out: dict[str, list[Any]] = {}
+    for key, choices in value.items():
+        if key not in CHANNEL_PARAMS:
+            raise ValueError(f"channel_options: unknown option {key!r} (known: {list(CHANNEL_PARAMS)})")
+        items = list(choices) if isinstance(choices, (list, tuple)) else [choices]
+        if not items:
+            raise ValueError(f"channel_options[{key!r}]: needs at least one choice")
+        for item in items:
+            try:
+                check_channel_options("channel_options", **{key: item})
+            except Exception as exc:  # ConfigError: re-raised as the config's ValueError
+                raise ValueError(str(exc)) from None
+        if key == "normalizer":
+            items = ["none" if v is None else v for v in items]
+        out[key] = list(dict.fromkeys(items))  # keep order, drop repeats
+    return out
+
+
+def channel_choices(cfg: SearchConfig) -> dict[str, list[Any]]:
+    """The channel options ``cfg`` searches (``cfg.channel_options``; none when unset)."""
+    return channel_option_choices(getattr(cfg, "channel_options", None))

@@ -61,6 +61,10 @@ CONFIG_KEYS = (
     "sa_stop_temperature",
     "sa_cool_down_rate",
     "sa_perturbation_magnitude",
+    "normalizer",
+    "bn_scale",
+    "input_weights",
+    "round_to",
 )
 BEST_COLUMNS = (
     "trial_id",
@@ -89,6 +93,8 @@ BEST_COLUMNS = (
     "error",
 )
 ERRORS_FILE = "failed_trials.json"
+#: Every report as the driver received it (written by search.live_table.LiveTable).
+REPORTS_FILE = "reports.jsonl"
 
 
 @dataclass
@@ -175,7 +181,7 @@ def _checkpoint_of(row: dict[str, Any]) -> str:
     """The checkpoint Tune wrote with this report (every report carries one), if still kept.
 
     Kept are the best two by objective and the latest (CheckpointConfig); its ``result/``
-    folder holds that iteration's pruned model (see tune_prune.search.trainable).
+    folder holds that iteration's pruned model (see tune_prune.search.reporting).
     """
     trial_dir = row.get("trial_dir")
     it = row.get("training_iteration")
@@ -185,10 +191,33 @@ def _checkpoint_of(row: dict[str, Any]) -> str:
     return str(path) if path.is_dir() else ""
 
 
+def _driver_reports(exp: Path) -> dict[str, list[dict[str, Any]]]:
+    """The driver's own record of every report (``reports.jsonl``), by trial id."""
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in _read_jsonl(exp / REPORTS_FILE):
+        by_trial.setdefault(str(row.get("trial_id")), []).append(row)
+    return by_trial
+
+
+def _merge_reports(tune_rows: list[dict[str, Any]], driver_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tune's result.json rows completed by the driver's: one row per iteration, the latest kept."""
+    if not driver_rows:
+        return tune_rows
+    merged: dict[Any, dict[str, Any]] = {}
+    for row in [*tune_rows, *driver_rows]:
+        merged[row.get("iteration", row.get("training_iteration"))] = row
+    return sorted(merged.values(), key=lambda r: float(r.get("iteration") or r.get("training_iteration") or 0))
+
+
 def collect(experiment_dir: str | Path) -> pd.DataFrame:
-    """All trials x iterations as one DataFrame (empty, with no columns, if nothing ran)."""
+    """All trials x iterations as one DataFrame (empty, with no columns, if nothing ran).
+
+    Rows are each trial's ``result.json`` merged with the driver's ``reports.jsonl``
+    (see :mod:`tune_prune.search.live_table`: Tune can lose rows of a restarted trial).
+    """
     exp = Path(experiment_dir)
     errors = read_errors(exp)
+    reports = _driver_reports(exp)
     frames = []
     for trial_dir in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
         try:
@@ -196,7 +225,7 @@ def collect(experiment_dir: str | Path) -> pd.DataFrame:
         except ValueError:
             continue
         params = {**params, **params.get("finalist", {})}  # a finalist's schedule (search.finalists)
-        rows = _read_jsonl(trial_dir / "result.json")
+        rows = _merge_reports(_read_jsonl(trial_dir / "result.json"), reports.get(_trial_id_of(trial_dir), []))
         if not rows:
             continue
         tid = str(rows[-1].get("trial_id", _trial_id_of(trial_dir)))

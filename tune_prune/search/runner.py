@@ -13,6 +13,15 @@ requires a finite real score (WorkloadError otherwise), so bad input fails in se
 and leaves no experiment folder behind. ``search_config.json`` is written atomically;
 after ``Tuner.fit`` the final error of every failed trial (Tune's record) goes to
 ``failed_trials.json``, which the result tables use for the trial's status.
+
+Storage: the Optuna study goes to ``cfg.optuna_storage`` (an RDB URL) when given, else
+to the journal file in the experiment folder; a URL is opened before Ray starts
+(:func:`check_optuna_storage`: unreachable, or a fresh search whose name is already a
+study there, is a ConfigError). On a cluster, every node that can run a trial must see
+the storage path and the baseline cache: :func:`check_shared_storage` asks each node
+once Ray is up, before the experiment folder exists. ``keep_ray_up`` leaves the local
+Ray instance (and its dashboard) running after the search; :func:`hold_ray` waits for
+Ctrl-C and shuts it down.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,7 +78,8 @@ class SearchOutcome:
     table: pd.DataFrame
     best: pd.DataFrame
     study_name: str
-    journal_path: Path
+    #: The Optuna journal file; None when the study is in a database (``optuna_storage``).
+    journal_path: Path | None
     dashboard_url: str | None
     wall_s: float
     num_errors: int = 0
@@ -78,6 +90,10 @@ class SearchOutcome:
     #: Stopped before all trials ran (Ctrl-C): continue with resume=True.
     interrupted: bool = False
     export: dict[str, Any] = field(default_factory=dict)
+    #: Where the study is, for people: the journal's path or the URL (password hidden).
+    optuna_storage: str = ""
+    #: keep_ray_up: the local Ray instance is still running; :func:`hold_ray` ends it.
+    ray_kept: bool = False
 
 
 def experiment_name(cfg: SearchConfig) -> str:
@@ -128,6 +144,180 @@ def _start_ray(cfg: SearchConfig, name: str) -> tuple[bool, str | None]:
     return True, _http_url(getattr(context, "dashboard_url", None))
 
 
+def wait_for_ctrl_c() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM; in the main thread only.
+
+    Tune leaves its own SIGINT handler installed after ``fit`` (it only flags the run as
+    interrupted), so the handlers are set here for the wait and restored afterwards.
+    """
+    stop = threading.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in handled}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def hold_ray(outcome: SearchOutcome, say: Printer | None = None,
+             wait: Callable[[], None] | None = None) -> None:
+    """keep_ray_up: leave Ray and its dashboard up until Ctrl-C (``wait``), then shut it down.
+
+    Returns at once when the search kept no Ray instance up (``outcome.ray_kept`` False).
+    """
+    import ray
+
+    if not outcome.ray_kept:
+        return
+    say = say or (lambda msg: logger.info("%s", msg))
+    what = f"Ray and its dashboard at {outcome.dashboard_url} stay" if outcome.dashboard_url else "Ray stays"
+    say(f"{what} up until you press Ctrl-C (--keep-ray-up)")
+    try:
+        (wait or wait_for_ctrl_c)()
+    finally:
+        outcome.ray_kept = False
+        ray.shutdown()
+        say("Ray shut down")
+
+
+def check_optuna_storage(cfg: SearchConfig, name: str, exp_dir: Path) -> None:
+    """Open ``cfg.optuna_storage`` (a URL) before Ray starts and anything is written.
+
+    ConfigError when it cannot be opened (server down, wrong credentials, a read-only
+    file), when a new search's name is already a study there (the search would silently
+    continue that study) or when a resumed search that had started finds no study of its
+    name (a different database than the one it ran on). The journal file needs no check.
+    """
+    if cfg.optuna_storage is None:
+        return
+    from tune_prune.search.searcher import hide_password, rdb_storage
+
+    label = hide_password(cfg.optuna_storage)
+    storage = None
+    try:
+        storage = rdb_storage(cfg.optuna_storage)
+        names = {study.study_name for study in storage.get_all_studies()}
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of every kind
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        raise ConfigError(
+            f"optuna_storage={label!r}: cannot open the Optuna storage: {type(exc).__name__}: "
+            f"{lines[0][:300]}"
+        ) from exc
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
+    if not cfg.resume and name in names:
+        raise ConfigError(
+            f"name={name!r}: optuna_storage={label!r} already holds a study of that name; pass "
+            "another --name (or --resume to continue that experiment)"
+        )
+    if cfg.resume and (exp_dir / "tuner.pkl").exists() and name not in names:
+        raise ConfigError(
+            f"resume=True: optuna_storage={label!r} holds no study {name!r}; resume with the "
+            "storage the search ran on"
+        )
+
+
+def _probe_paths(markers: list[str], token: str, wait_s: float = 5.0) -> list[str | None]:
+    """On one node: for each marker file, None when it holds ``token`` and its folder is
+    writable, else what is wrong. Polls ``wait_s`` seconds: a network filesystem may show
+    another client's new file late."""
+    import socket
+    import uuid
+
+    out: list[str | None] = []
+    for marker in markers:
+        path = Path(marker)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                seen = path.read_text() == token
+            except OSError:
+                seen = False
+            if seen or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if not seen:
+            out.append(f"does not see {str(path.parent)!r}")
+            continue
+        probe = path.parent / f".tune_prune_write_check_{socket.gethostname()}_{uuid.uuid4().hex}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            out.append(f"cannot write to {str(path.parent)!r} ({exc})")
+            continue
+        out.append(None)
+    return out
+
+
+def check_shared_storage(cfg: SearchConfig, paths: list[Path], say: Printer, timeout_s: float = 120.0) -> int:
+    """On a cluster: every alive node that can host a trial sees and can write ``paths``.
+
+    Trials load the baseline from the cache and write their checkpoints (and a trial
+    that lost its node resumes elsewhere from them) under the storage path, so both
+    must be one filesystem mounted at the same path on every node (e.g. NFS). The driver
+    writes a marker file into each path and a zero-CPU task on each node looks for it.
+    ConfigError naming the node and the path otherwise; a node that does not answer
+    within ``timeout_s`` (or fails to run the task) is warned about. Nodes that join later (autoscaling) are not
+    checked here (Ray's own storage check then fails their trials). Returns how many
+    nodes were checked.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    need = {"CPU": cfg.cpus_per_trial, "GPU": cfg.gpus_per_trial}
+    nodes = [n for n in ray.nodes() if n.get("Alive")
+             and all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items() if v > 0)]
+    if not nodes:
+        return 0
+    token = uuid.uuid4().hex
+    markers: list[Path] = []
+    try:
+        for path in paths:
+            path.mkdir(parents=True, exist_ok=True)
+            marker = path / f".tune_prune_shared_check_{token}"
+            marker.write_text(token)
+            markers.append(marker)
+        probe = ray.remote(num_cpus=0, max_retries=0)(_probe_paths)
+        refs = [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                          name="tune_prune:storage_check").remote([str(m) for m in markers], token)
+            for n in nodes
+        ]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        answers: list[Any] = []
+        for ref in refs:
+            try:
+                answers.append(ray.get(ref) if ref in ready else
+                               f"did not answer within {timeout_s:g} s")
+            except Exception as exc:  # noqa: BLE001 - the node died, or cannot run our code
+                answers.append(f"could not run the check: {error_message(exc)}")
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
+    problems = []
+    for node, answer in zip(nodes, answers):
+        where = f"node {node.get('NodeManagerAddress', '?')} ({str(node['NodeID'])[:12]})"
+        if isinstance(answer, str):  # not a verdict on the storage: warned about, not fatal
+            say(f"warning: shared-storage check: {where} {answer}")
+            continue
+        problems += [f"{where} {problem}" for problem in answer if problem]
+    if problems:
+        raise ConfigError(
+            f"storage_path={cfg.storage_path!r}: on a cluster the storage path and the baseline cache "
+            "must be one filesystem every node mounts at the same path (e.g. NFS), because trials "
+            "load the baseline and write checkpoints there and a trial that loses its node resumes "
+            "on another from them: " + "; ".join(problems)
+        )
+    return len(nodes)
+
+
 def _http_url(url: str | None) -> str | None:
     """``host:port`` as ``http://host:port``; None or empty stays None."""
     if not url:
@@ -151,7 +341,7 @@ def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, 
         "dry_run": cfg.dry_run,
         "higher_is_better": higher_is_better,
         "test_split": cfg.test_split,
-        # the user's weights every trial starts from (trainable._prune applies them)
+        # the user's weights every trial starts from (schedule._run_pruning applies them)
         "pretrained": cfg.pretrained,
     }
 
@@ -396,7 +586,8 @@ def run_search(
         JOURNAL_FILE,
         PruneAwareOptunaSearch,
         close_orphaned_trials,
-        journal_storage,
+        search_storage,
+        storage_label,
     )
     from tune_prune.search.space import define_space, make_sampler
     from tune_prune.search.trainable import TunePruneTrial
@@ -412,25 +603,41 @@ def run_search(
         if not saved.exists():
             raise ConfigError(f"resume=True: {str(exp_dir)!r} holds no {CONFIG_FILE}; nothing to resume")
         overrides = {k: getattr(cfg, k) for k in ("resume", "export_dir", "address", "num_cpus",
-                                                  "include_dashboard", "dashboard_host", "dashboard_port")}
+                                                  "include_dashboard", "dashboard_host", "dashboard_port",
+                                                  "keep_ray_up")}
+        given = cfg.optuna_storage if "optuna_storage" in cfg.model_fields_set else None
         cfg = SearchConfig.create(**{**json.loads(saved.read_text()), **overrides, "name": name,
                                      "storage_path": str(storage)})
+        if given is not None and given != cfg.optuna_storage:
+            # the restored searcher keeps the storage it was pickled with
+            raise ConfigError(
+                f"optuna_storage: experiment {name!r} ran on {storage_label(exp_dir, cfg.optuna_storage)!r}; "
+                "a resumed search continues its study there (leave --optuna-storage out)"
+            )
     elif (exp_dir / CONFIG_FILE).exists():
         raise ConfigError(
             f"name={name!r}: experiment {str(exp_dir)!r} exists; pass resume=True (--resume) or another name"
         )
-    # Bad workloads fail here: before the experiment folder exists and before Ray starts.
+    # Bad workloads (and an unreachable study database) fail here: before the experiment
+    # folder exists and before Ray starts.
     checked = check_workload(cfg, say)
     higher = checked.higher_is_better
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        atomic_write_text(exp_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
+    check_optuna_storage(cfg, name, exp_dir)
 
     # Forced experiment snapshots (num_to_keep) are cheap here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started, url = _start_ray(cfg, name)
-    say(f"experiment {exp_dir}" + (f"  |  Ray dashboard {url}" if url else ""))
+    keep = False
     try:
+        if cfg.address is not None or len(ray.nodes()) > 1:
+            shared = [storage] if cfg.dry_run else [storage, cfg.resolved_baseline_cache()]
+            checked_nodes = check_shared_storage(cfg, shared, say)
+            if checked_nodes:
+                say(f"shared storage: {checked_nodes} node(s) see {', '.join(map(str, shared))}")
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            atomic_write_text(exp_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
+        say(f"experiment {exp_dir}" + (f"  |  Ray dashboard {url}" if url else ""))
         trainable = TunePruneTrial
         stage = "screening" if cfg.screening else "search"
         counts = ProgressCounts(total=cfg.num_samples, higher_is_better=higher, stage=stage)
@@ -455,7 +662,7 @@ def run_search(
                 mode=modes,
                 sampler=make_sampler(cfg),
                 study_name=name,
-                storage=journal_storage(exp_dir),
+                storage=search_storage(exp_dir, cfg.optuna_storage),
                 warm_start=warm_start_points(cfg),
             )
             scheduler = make_scheduler(
@@ -505,14 +712,16 @@ def run_search(
         budget_hit = cfg.time_budget_s is not None and time.perf_counter() - fit_start >= cfg.time_budget_s
         interrupted = (unfinished > 0 or len(grid) < cfg.num_samples) and not budget_hit
         if not interrupted:
-            close_orphaned_trials(journal_storage(exp_dir), name, _tune_trial_ids(grid))
+            close_orphaned_trials(search_storage(exp_dir, cfg.optuna_storage), name, _tune_trial_ids(grid))
         files, table, best = write_results(exp_dir, cfg.model_dump(), higher)
         final = None
         if cfg.screening and not interrupted:
             final = run_finalists(cfg, exp_dir, best, checked, say, status)
             interrupted = final is not None and final.interrupted
+        # kept for the dashboard only after a search that ran to its end (not after Ctrl-C)
+        keep = started and cfg.keep_ray_up and cfg.address is None and not interrupted
     finally:
-        if started:
+        if started and not keep:
             ray.shutdown()
     outcome = SearchOutcome(
         config=cfg,
@@ -521,11 +730,13 @@ def run_search(
         table=table,
         best=best,
         study_name=name,
-        journal_path=exp_dir / JOURNAL_FILE,
+        journal_path=exp_dir / JOURNAL_FILE if cfg.optuna_storage is None else None,
         dashboard_url=url,
         wall_s=time.perf_counter() - start,
         num_errors=num_errors,
         interrupted=interrupted,
+        optuna_storage=storage_label(exp_dir, cfg.optuna_storage),
+        ray_kept=keep,
     )
     if final is not None:
         outcome.final, outcome.screen_best, outcome.best = final, best, final.best

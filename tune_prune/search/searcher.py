@@ -35,9 +35,12 @@ A driver killed right after a suggestion, before Tune's snapshot, leaves an Optu
 trial that no Tune trial ever runs; :func:`close_orphaned_trials` marks such trials
 FAIL with the user attribute ``orphaned`` once the search has ended.
 
-Storage: the study lives in a JournalStorage file in the experiment folder, readable
-while the search runs: ``optuna-dashboard <experiment>/optuna_journal.log`` or
-``optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(path)))``.
+Storage: by default the study lives in a JournalStorage file in the experiment folder,
+readable while the search runs: ``optuna-dashboard <experiment>/optuna_journal.log`` or
+``optuna.load_study(study_name=NAME, storage=JournalStorage(JournalFileBackend(path)))``;
+with an Optuna RDB URL (``SearchConfig.optuna_storage``: SQLite, PostgreSQL, MySQL) it
+lives in that database instead (:func:`search_storage`; ``optuna-dashboard URL``). Only
+the driver process opens the storage (trials never touch the study).
 The searcher never pickles the study. Tune's own snapshot of the searcher object carries
 the study name, the storage and the sampler; :meth:`PruneAwareOptunaSearch.save` writes
 the rest as JSON (the map from Tune trial id to Optuna trial number, and which trials
@@ -57,7 +60,7 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
@@ -95,6 +98,36 @@ def journal_storage(experiment_dir: str | Path) -> JournalStorage:
     path = Path(experiment_dir) / JOURNAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def rdb_storage(url: str) -> RDBStorage:
+    """An Optuna RDBStorage at ``url`` (any SQLAlchemy URL Optuna supports; tables created on demand).
+
+    ``pool_pre_ping``: a search runs for hours, and a database server (or a proxy in
+    front of it) closes idle connections; each checkout tests its connection first.
+    """
+    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def search_storage(experiment_dir: str | Path, url: str | None = None) -> BaseStorage:
+    """The search's study storage: the database at ``url``, else the journal file in ``experiment_dir``."""
+    return journal_storage(experiment_dir) if url is None else rdb_storage(url)
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: nothing to hide that we can find
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+def storage_label(experiment_dir: str | Path, url: str | None = None) -> str:
+    """Where the study is, for people: the journal file's path or the URL (password hidden)."""
+    return str(Path(experiment_dir) / JOURNAL_FILE) if url is None else hide_password(url)
 
 
 def close_orphaned_trials(storage: BaseStorage, study_name: str, tune_trial_ids: set[str]) -> int:
@@ -143,7 +176,8 @@ class PruneAwareOptunaSearch(Searcher):
             (``TuneConfig(metric=..., mode=...)``) through :meth:`set_search_properties`.
         sampler: the Optuna sampler (default: TPE seeded with ``seed``).
         study_name: the study's name in ``storage`` (an existing study is continued).
-        storage: an Optuna storage (default: in memory), e.g. :func:`journal_storage`.
+        storage: an Optuna storage (default: in memory), e.g. :func:`journal_storage`
+            or :func:`rdb_storage`.
         warm_start: parameter dicts the first trials run (``Study.enqueue_trial``).
         seed: seed of the default sampler (ignored when ``sampler`` is given).
     """
@@ -406,8 +440,9 @@ class PruneAwareOptunaSearch(Searcher):
 
         The study is in its storage, and the space, sampler and storage come back with the
         searcher object Tune restores from its own experiment snapshot; so a restore needs
-        a persistent storage (the search's journal file), and the sampler restarts from
-        its seed (a resumed search may propose other schedules than an uninterrupted one).
+        a persistent storage (the search's journal file or database; an RDBStorage pickles
+        its URL, not its connections), and the sampler restarts from its seed (a resumed
+        search may propose other schedules than an uninterrupted one).
         """
         atomic_write_json({
             "study_name": self._study_name,

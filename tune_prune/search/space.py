@@ -6,6 +6,11 @@ are suggested only there, so TPE never fits a density to values that had no effe
 A parameter whose choices differ by branch (the pruner mode) gets one name per branch
 (``mode__l1``), because Optuna requires a name to keep one distribution.
 
+Channel pruners' options (``normalizer``, ``bn_scale``, ``input_weights``,
+``round_to``; see ``tune_prune.pruning.pruners.norm``) are trial parameters only where
+``cfg.channel_options`` lists them, and only for pruners that take them: with none
+listed (the default) the space is exactly the one without them.
+
 The function returns the *normalised* trial config (``mode``, ``reset_weight``,
 ``total_iteration`` for every generator, ...), which Ray Tune merges with the raw
 suggestions; the trainable reads only the normalised keys.
@@ -18,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from tune_prune.search.registry import GENERATORS, PRUNER_MODES, REWIND_POINTS, generator_spec
+from tune_prune.search.registry import (
+    GENERATORS,
+    PRUNER_MODES,
+    REWIND_POINTS,
+    channel_choices,
+    generator_spec,
+    takes_channel_options,
+)
 
 if TYPE_CHECKING:
     from tune_prune.search.config import SearchConfig
@@ -27,8 +39,6 @@ if TYPE_CHECKING:
 SA_PARAMS = ("sa_cool_downs", "sa_start_temperature", "sa_cool_down_rate", "sa_perturbation_magnitude")
 CURVE_PARAMS = tuple(p[0] for p in GENERATORS["curve"].float_params)
 REWIND_PARAMS = ("rewind",)
-
-
 def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
     """Suggest one schedule; return the normalised config the trainable consumes.
 
@@ -47,6 +57,9 @@ def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
     key = f"mode__sa__{pruner}" if spec.one_allocation else f"mode__{pruner}"
     mode = trial.suggest_categorical(key, modes) if len(modes) > 1 else modes[0]
     out: dict[str, Any] = {"generator": generator, "pruner": pruner, "mode": mode}
+    if takes_channel_options(pruner):
+        for name, choices in channel_choices(cfg).items():
+            out[name] = trial.suggest_categorical(name, choices) if len(choices) > 1 else choices[0]
 
     lo, hi = cfg.min_iterations, cfg.max_iterations
     if spec.length == "annealing":

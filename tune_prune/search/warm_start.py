@@ -3,8 +3,10 @@
 Presets (``one_shot``, ``one_shot_lrs``, ``agp``) and schedules a user writes in
 trial-config keys both become Optuna parameter dicts for ``Study.enqueue_trial``; each
 is checked against the space first, so a bad value is an error naming the entry and
-key at config time, not a failed trial. Depends only on the registry (never on the
-config module, which validates ``warm_start`` with it).
+key at config time, not a failed trial. Depends only on the registry and the space
+(never on the config module, which validates ``warm_start`` with it). A schedule may
+give a channel option (``normalizer``, ``bn_scale``, ``input_weights``, ``round_to``)
+only when ``channel_options`` searches it and every pruner it may run takes it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from tune_prune.search.registry import GENERATORS, PRUNER_MODES, REWIND_POINTS, generator_spec
+from tune_prune.search.registry import (
+    CHANNEL_PARAMS,
+    GENERATORS,
+    PRUNER_MODES,
+    REWIND_POINTS,
+    channel_choices,
+    generator_spec,
+    takes_channel_options,
+)
 
 if TYPE_CHECKING:
     from tune_prune.search.config import SearchConfig
@@ -23,7 +33,7 @@ WARM_START_PRESETS = ("one_shot", "one_shot_lrs", "agp")
 WARM_START_KEYS = (
     "generator", "pruner", "mode", "total_iteration", "reset_weight", "rewind",
     *sorted({p[0] for spec in GENERATORS.values() for p in spec.float_params}),
-    "lr", "lr_schedule", "finetune_epochs",
+    "lr", "lr_schedule", "finetune_epochs", *CHANNEL_PARAMS,
 )
 #: Generator-only float parameters, by name -> the generator that owns it.
 _FLOAT_PARAM_OWNERS = {p[0]: spec for spec in GENERATORS.values() for p in spec.float_params}
@@ -142,6 +152,20 @@ def _schedule_params(schedule: dict[str, Any], cfg: SearchConfig) -> dict[str, A
         choice("mode", modes, f"mode__{pruner}")
         if len(modes) == 1:
             params.pop(f"mode__{pruner}")
+    given = [key for key in CHANNEL_PARAMS if key in schedule]
+    if given:
+        pruners = [pruner] if pruner is not None else list(cfg.allowed_pruners)
+        plain = [p for p in pruners if not takes_channel_options(p)]
+        if plain:
+            raise ValueError(f"{given[0]!r} needs a channel pruner that takes it (not {plain})")
+        searched = channel_choices(cfg)
+        for key in given:
+            if key not in searched:
+                raise ValueError(f"{key!r} is not a searched channel option (channel_options: "
+                                 f"{searched or 'none'})")
+            choice(key, searched[key])
+            if len(searched[key]) == 1:
+                params.pop(key)  # fixed for every channel trial: not an Optuna parameter
     if "total_iteration" in schedule:
         number("total_iteration", cfg.min_iterations, cfg.max_iterations, integer=True)
     reset = schedule.get("reset_weight")
