@@ -54,46 +54,65 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings shared by every classification workload.
+class OptimConfig:
+    """How a workload trains its baseline and fine-tunes: the settings every workload shares.
 
     Frozen dataclass so a workload's whole configuration can be hashed into the
     baseline cache key. Fields with ``metadata={"cache_key": False}`` (paths, devices)
-    do not change what is learned and are left out of that key.
+    do not change what is learned and are left out of that key. ``lr_schedule`` is the
+    baseline's schedule and that of fine-tunes that name none: "cosine" anneals to 0
+    over each call, "constant" keeps the lr ("rewind" is a per-fine-tune choice).
     """
 
-    batch_size: int = 64
-    eval_batch_size: int = 512
     baseline_epochs: float = 10.0
     baseline_lr: float = 0.05
     finetune_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    # "cosine" anneals to 0 over each finetune() call; "constant" keeps lr fixed.
     lr_schedule: str = "cosine"
     device: str = dataclasses.field(default="auto", metadata={"cache_key": False})
+
+    def __post_init__(self) -> None:
+        _check_epochs("baseline_epochs", self.baseline_epochs)
+        for name in ("baseline_lr", "finetune_lr"):
+            _check_lr(name, getattr(self, name))
+        if isinstance(self.momentum, bool) or not (
+            isinstance(self.momentum, int | float) and 0.0 <= self.momentum < 1.0
+        ):
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if isinstance(self.weight_decay, bool) or not (
+            isinstance(self.weight_decay, int | float)
+            and math.isfinite(self.weight_decay)
+            and self.weight_decay >= 0.0
+        ):
+            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(
+                f"lr_schedule must be 'cosine' or 'constant' (the baseline's schedule; "
+                f"'rewind' is a per-fine-tune choice), got {self.lr_schedule!r}"
+            )
+        if not isinstance(self.device, str):
+            raise ConfigError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ConfigError(f"device is not a torch device: {self.device!r}") from exc
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimConfig):
+    """:class:`OptimConfig` plus the batch sizes of workloads that batch their own tensors."""
+
+    batch_size: int = 64
+    eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        _check_epochs("baseline_epochs", self.baseline_epochs)
-        for name in ("baseline_lr", "finetune_lr"):
-            _check_lr(name, getattr(self, name))
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not (self.weight_decay >= 0.0 and math.isfinite(self.weight_decay)):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(
-                f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}"
-            )
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ConfigError(f"device is not a torch device: {self.device!r}") from exc
+        super().__post_init__()
 
 
 def _check_epochs(name: str, value: Any) -> None:
@@ -193,6 +212,73 @@ def config_hash(config: Any, extra: str = "") -> str:
         }
     text = json.dumps({"config": payload, "extra": extra}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_finite_loss(name: str, loss_sum: Tensor, epoch: int, step: int, lr: float) -> None:
+    """WorkloadError naming the epoch, step and lr when a training loss turned NaN/inf."""
+    if not bool(torch.isfinite(loss_sum)):
+        raise WorkloadError(
+            f"{name}: training loss became {float(loss_sum)} in epoch {epoch} "
+            f"(by step {step}, lr={lr!r}); lower lr or check the model"
+        )
+
+
+def fit_steps(
+    name: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch_batches: Callable[[], Iterable[Batch]],
+    total: int,
+    steps_per_epoch: int,
+    loss_of: Callable[[nn.Module, Tensor, Tensor], Tensor],
+    lr_schedule: str,
+    rewind: list[float] | None = None,
+) -> dict[str, Any]:
+    """``total`` optimizer steps over epochs of ``epoch_batches()``: every workload's fine-tune loop.
+
+    ``lr_schedule`` "cosine" anneals the optimizer's lr to 0 over the ``total`` steps
+    (per step), "constant" keeps it, "rewind" sets step k's lr to ``rewind[k]``. The
+    running loss is checked for NaN/inf every 25 steps and at each epoch's end
+    (WorkloadError); an epoch without a batch is a WorkloadError too. Returns the
+    epochs and steps run, the last epoch's mean loss and the seconds taken.
+    """
+    lr = optimizer.param_groups[0]["lr"]
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                if lr_schedule == "cosine" else None)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    start, step, epoch, final_loss = time.perf_counter(), 0, 0, float("nan")
+    while step < total:
+        epoch += 1
+        loss_sum = torch.zeros((), device=device)
+        epoch_steps = 0
+        for x, y in epoch_batches():
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(model, x, y)
+            loss.backward()
+            if rewind is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = rewind[step]
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_sum += loss.detach()
+            step += 1
+            epoch_steps += 1
+            if epoch_steps % 25 == 0:
+                check_finite_loss(name, loss_sum, epoch, step, lr)
+            if step >= total:
+                break
+        if epoch_steps == 0:
+            raise WorkloadError(f"{name}: split 'train' is empty (epoch {epoch} yielded no batch)")
+        check_finite_loss(name, loss_sum, epoch, step, lr)
+        final_loss = float(loss_sum) / epoch_steps
+        logger.debug("%s epoch %d: %d steps, loss %.4f", name, epoch, epoch_steps, final_loss)
+    return {
+        "epochs": step / steps_per_epoch,
+        "steps": step,
+        "final_loss": final_loss,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 # --------------------------------------------------------------------------- contract
@@ -476,42 +562,12 @@ class ClassificationWorkload(Workload):
             weight_decay=cfg.weight_decay,
             nesterov=cfg.momentum > 0,
         )
-        schedule = None
-        if schedule_name == "cosine":
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         criterion = self.criterion
         generator = torch.Generator().manual_seed(seed)
-        start, step, final_loss = time.perf_counter(), 0, float("nan")
-        for epoch in range(1, math.ceil(total / spe) + 1):
-            loss_sum = torch.zeros((), device=self.device)
-            n_steps = 0
-            for x, y in self._train_batches(generator):
-                if step >= total:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(model(x), y)
-                loss.backward()
-                if rewind is not None:
-                    for group in optimizer.param_groups:
-                        group["lr"] = rewind[step]
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                loss_sum += loss.detach()
-                step += 1
-                n_steps += 1
-                if n_steps % 25 == 0:
-                    self._check_finite(loss_sum, epoch, step, lr)
-            self._check_finite(loss_sum, epoch, step, lr)
-            final_loss = float(loss_sum) / max(n_steps, 1)
-            logger.debug("%s epoch %d: %d steps, loss %.4f", self.name, epoch, n_steps, final_loss)
+        stats = fit_steps(self.name, model, optimizer, lambda: self._train_batches(generator), total, spe,
+                          lambda m, x, y: criterion(m(x), y), schedule_name, rewind)
         model.train(was_training)
-        return {
-            "epochs": step / spe,
-            "steps": step,
-            "final_loss": final_loss,
-            "seconds": time.perf_counter() - start,
-        }
+        return stats
 
     def baseline_lrs(self) -> list[float]:
         """The lr of each optimizer step of the dense baseline, as ``train_baseline`` runs it.
@@ -550,13 +606,6 @@ class ClassificationWorkload(Workload):
         if steps <= len(full):
             return full[len(full) - steps :]
         return [float(self.baseline_lr)] * (steps - len(full)) + full
-
-    def _check_finite(self, loss_sum: Tensor, epoch: int, step: int, lr: float) -> None:
-        if not bool(torch.isfinite(loss_sum)):
-            raise WorkloadError(
-                f"{self.name}: training loss became {float(loss_sum)} in epoch {epoch} "
-                f"(by step {step}, lr={lr!r}); lower lr or check the model"
-            )
 
     def trainer(
         self,

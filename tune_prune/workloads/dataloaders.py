@@ -9,14 +9,11 @@ named with ``--workload path/to/file.py:factory`` is all a search needs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +28,7 @@ from tune_prune.workloads.base import (
     SPLITS,
     ClassificationWorkload,
     Finetuner,
+    OptimConfig,
     Workload,
     _check_epochs,
     _check_lr,
@@ -40,6 +38,7 @@ from tune_prune.workloads.base import (
     check_score,
     config_hash,
     finite_real,
+    fit_steps,
     pretrained_digest,
     resolve_device,
 )
@@ -77,49 +76,10 @@ def sgd_nesterov(
 
 
 @dataclass(frozen=True)
-class DataLoaderConfig:
-    """Optimisation settings of a :class:`DataLoaderWorkload`.
-
-    Frozen, so it keys the baseline cache (``config_hash``); ``device`` does not change
-    what is learned and is left out of that key. Batch sizes belong to the user's
-    loaders; ``momentum`` and ``weight_decay`` configure the default optimizer only.
-    ``lr_schedule`` is the schedule of the baseline and of fine-tunes that name none.
-    """
-
-    baseline_epochs: float = 10.0
-    baseline_lr: float = 0.05
-    finetune_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "cosine"
-    device: str = dataclasses.field(default="auto", metadata={"cache_key": False})
-
-    def __post_init__(self) -> None:
-        _check_epochs("baseline_epochs", self.baseline_epochs)
-        _check_lr("baseline_lr", self.baseline_lr)
-        _check_lr("finetune_lr", self.finetune_lr)
-        if isinstance(self.momentum, bool) or not (
-            isinstance(self.momentum, int | float) and 0.0 <= self.momentum < 1.0
-        ):
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if isinstance(self.weight_decay, bool) or not (
-            isinstance(self.weight_decay, int | float)
-            and math.isfinite(self.weight_decay)
-            and self.weight_decay >= 0.0
-        ):
-            raise ConfigError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ConfigError(
-                f"lr_schedule must be 'cosine' or 'constant' (the baseline's schedule; "
-                f"'rewind' is a per-fine-tune choice), got {self.lr_schedule!r}"
-            )
-        if not isinstance(self.device, str):
-            raise ConfigError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ConfigError(f"device is not a torch device: {self.device!r}") from exc
+class DataLoaderConfig(OptimConfig):
+    """Optimisation settings of a :class:`DataLoaderWorkload`: :class:`OptimConfig` as it
+    is (batch sizes belong to the user's loaders; ``momentum`` and ``weight_decay``
+    configure the default optimizer only)."""
 
 
 @dataclass
@@ -444,45 +404,13 @@ class DataLoaderWorkload(Workload):
         was_training = model.training
         model.train()
         optimizer = self._make_optimizer(model.parameters(), lr)
-        schedule = None
-        if schedule_name == "cosine":
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         loader = self.loader("train")
-        start, step, epoch, final_loss = time.perf_counter(), 0, 0, float("nan")
         with self._seeded(loader, seed):
-            while step < total:
-                epoch += 1
-                loss_sum = torch.zeros((), device=self.device)
-                epoch_steps = 0
-                for x, y in self._batches("train", loader):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = self._training_loss(model, x, y, self._loss)
-                    loss.backward()
-                    if rewind is not None:
-                        for group in optimizer.param_groups:
-                            group["lr"] = rewind[step]
-                    optimizer.step()
-                    if schedule is not None:
-                        schedule.step()
-                    loss_sum += loss.detach()
-                    step += 1
-                    epoch_steps += 1
-                    if epoch_steps % 25 == 0:
-                        self._check_finite(loss_sum, epoch, step, lr)
-                    if step >= total:
-                        break
-                if epoch_steps == 0:
-                    raise WorkloadError(f"{self.name}: split 'train' is empty (epoch {epoch} yielded no batch)")
-                self._check_finite(loss_sum, epoch, step, lr)
-                final_loss = float(loss_sum) / epoch_steps
-                logger.debug("%s epoch %d: %d steps, loss %.4f", self.name, epoch, epoch_steps, final_loss)
+            stats = fit_steps(self.name, model, optimizer, lambda: self._batches("train", loader), total,
+                              steps_per_epoch, lambda m, x, y: self._training_loss(m, x, y, self._loss),
+                              schedule_name, rewind)
         model.train(was_training)
-        return {
-            "epochs": step / steps_per_epoch,
-            "steps": step,
-            "final_loss": final_loss,
-            "seconds": time.perf_counter() - start,
-        }
+        return stats
 
     def baseline_lrs(self) -> list[float]:
         """The lr of each step of ``train_baseline``; ConfigError with ``pretrained`` weights,
@@ -657,13 +585,6 @@ class DataLoaderWorkload(Workload):
                 "optimizer(params, lr)"
             )
         return optimizer
-
-    def _check_finite(self, loss_sum: Tensor, epoch: int, step: int, lr: float) -> None:
-        if not bool(torch.isfinite(loss_sum)):
-            raise WorkloadError(
-                f"{self.name}: training loss became {float(loss_sum)} in epoch {epoch} "
-                f"(by step {step}, lr={lr!r}); lower lr or check the model"
-            )
 
 
 def from_dataloaders(
