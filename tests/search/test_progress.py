@@ -123,3 +123,13 @@ def test_status_line_pickles_without_its_stream() -> None:
     cb = ProgressCallback(ProgressCounts(total=2), status=StatusLine(Unpicklable(), tty=True))
     clone = pickle.loads(pickle.dumps(cb))
     assert clone.status.stream is sys.stdout and clone.status.tty and clone.counts.total == 2
+
+
+def test_the_same_status_is_not_printed_twice() -> None:
+    out, clock = io.StringIO(), _Clock()
+    line = StatusLine(out, tty=False, plain_interval_s=30.0, clock=clock)
+    line.update("done 1/1", force=True)
+    line.update("done 1/1", force=True)  # the trial ended, then the experiment: same text
+    clock.now = 60.0
+    line.update("done 1/1")
+    assert out.getvalue().splitlines() == ["done 1/1"]

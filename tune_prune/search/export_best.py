@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tune_prune.errors import ExportError
+from tune_prune.export import export_model, is_pruned_folder, load_pruned
+from tune_prune.search.finalists import FINAL_DIR
+from tune_prune.search.results import best_per_trial, collect
+from tune_prune.workloads import get_workload
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +43,6 @@ def _ranked_dirs(experiment: Path, trial_id: str | None) -> list[Path]:
 
     A ``trial_id`` may name a screened trial or a finalist.
     """
-    from tune_prune.search.finalists import FINAL_DIR
-
     final = experiment / FINAL_DIR
     if not final.is_dir():
         return [experiment]
@@ -48,8 +50,6 @@ def _ranked_dirs(experiment: Path, trial_id: str | None) -> list[Path]:
 
 
 def _pick(*experiments: Path, trial_id: str | None = None) -> dict[str, Any]:
-    from tune_prune.search.results import collect
-
     for experiment in experiments[:-1]:  # with trial_id: the first folder holding it
         table = collect(experiment)
         if not table.empty and trial_id in set(table["trial_id"].astype(str)):
@@ -58,9 +58,6 @@ def _pick(*experiments: Path, trial_id: str | None = None) -> dict[str, Any]:
 
 
 def _pick_in(experiment: Path, trial_id: str | None) -> dict[str, Any]:
-    from tune_prune.export import is_pruned_folder
-    from tune_prune.search.results import best_per_trial, collect
-
     table = collect(experiment)
     if table.empty:
         raise ExportError(f"experiment {str(experiment)!r} has no reported trial to export")
@@ -98,9 +95,6 @@ def export_best(
     onnx: bool = True,
 ) -> Path:
     """Write the best trial's best pruned model (or ``trial_id``'s) to ``out_dir``; return it."""
-    from tune_prune.export import export_model, load_pruned
-    from tune_prune.workloads import get_workload
-
     experiment = Path(experiment_dir)
     if not experiment.is_dir():
         raise ExportError(f"experiment folder {str(experiment)!r} does not exist")

@@ -140,6 +140,7 @@ class StatusLine:
         self.plain_interval_s = plain_interval_s
         self.clock = clock
         self._text = ""
+        self._last = ""  # the text last drawn
         self._drawn_at = -math.inf
 
     def __getstate__(self) -> dict[str, Any]:
@@ -163,10 +164,13 @@ class StatusLine:
         """Show ``text``: at once when ``force`` (a trial ended), else when the interval passed."""
         now = self.clock()
         interval = self.tty_interval_s if self.tty else self.plain_interval_s
+        if text == self._last:  # nothing new to say (a forced redraw after the same event)
+            return
         if not force and now - self._drawn_at < interval:
             self._text = text if self.tty else self._text
             return
         self._drawn_at = now
+        self._last = text
         if self.tty:
             self._text = text
             self.stream.write("\r\x1b[K" + text)

@@ -1,4 +1,4 @@
-"""run_search: SearchConfig -> Ray + Tuner(OptunaSearch, fair early stopping) -> result files.
+"""run_search: SearchConfig -> Ray + Tuner(PruneAwareOptunaSearch, fair early stopping) -> result files.
 
 The driver trains (or loads) the dense baseline once before any trial starts, so
 trials only ever load it. The experiment folder ``STORAGE_PATH/NAME`` holds Tune's
@@ -31,22 +31,59 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import ray
+import torch
 
 from tune_prune.atomic import atomic_write_text
 from tune_prune.errors import ConfigError, TunePruneError, WorkloadError
+from tune_prune.pruning.config import resolve_config_list
+from tune_prune.pruning.pruners.registry import get_pruner_class
+from tune_prune.search import build
 from tune_prune.search import metrics as M
 from tune_prune.search.config import SearchConfig
+from tune_prune.search.early_stopping import make_scheduler
+from tune_prune.search.export_best import export_best as _export
+from tune_prune.search.finalists import (
+    FINAL_DIR,
+    FINALIST_KEY,
+    final_fixed,
+    pick_finalists,
+    resolve_select_split,
+)
 from tune_prune.search.live_table import LiveTable
 from tune_prune.search.progress import ProgressCallback, ProgressCounts, StatusLine
+from tune_prune.search.registry import PRUNER_MODES
 from tune_prune.search.results import ResultFiles, write_results
+from tune_prune.search.searcher import (
+    JOURNAL_FILE,
+    PruneAwareOptunaSearch,
+    close_orphaned_trials,
+    hide_password,
+    rdb_storage,
+    search_storage,
+    storage_label,
+)
+from tune_prune.search.space import define_space, make_sampler
+from tune_prune.search.trainable import TunePruneTrial
+from tune_prune.search.warm_start import warm_start_points
+from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
+from tune_prune.workloads.base import (
+    ClassificationWorkload,
+    apply_pretrained,
+    check_score,
+    finite_real,
+    pretrained_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +95,6 @@ Printer = Callable[[str], None]
 @dataclass
 class FinalStage:
     """The finalists of a screened search, run again at the full budget (search.finalists)."""
-
     experiment_dir: Path
     files: ResultFiles
     table: pd.DataFrame
@@ -71,7 +107,6 @@ class FinalStage:
 @dataclass
 class SearchOutcome:
     """What a finished search produced and where to look."""
-
     config: SearchConfig
     experiment_dir: Path
     files: ResultFiles
@@ -124,7 +159,6 @@ def _start_ray(cfg: SearchConfig, name: str) -> tuple[bool, str | None]:
     Returns whether this call started Ray and the dashboard URL from ``ray.init``'s
     public context (None when Ray was already initialised by the caller, who knows it).
     """
-    import ray
 
     if ray.is_initialized():
         return False, None
@@ -167,7 +201,6 @@ def hold_ray(outcome: SearchOutcome, say: Printer | None = None,
 
     Returns at once when the search kept no Ray instance up (``outcome.ray_kept`` False).
     """
-    import ray
 
     if not outcome.ray_kept:
         return
@@ -192,7 +225,6 @@ def check_optuna_storage(cfg: SearchConfig, name: str, exp_dir: Path) -> None:
     """
     if cfg.optuna_storage is None:
         return
-    from tune_prune.search.searcher import hide_password, rdb_storage
 
     label = hide_password(cfg.optuna_storage)
     storage = None
@@ -225,8 +257,6 @@ def _probe_paths(markers: list[str], token: str, wait_s: float = 5.0) -> list[st
     """On one node: for each marker file, None when it holds ``token`` and its folder is
     writable, else what is wrong. Polls ``wait_s`` seconds: a network filesystem may show
     another client's new file late."""
-    import socket
-    import uuid
 
     out: list[str | None] = []
     for marker in markers:
@@ -266,9 +296,7 @@ def check_shared_storage(cfg: SearchConfig, paths: list[Path], say: Printer, tim
     checked here (Ray's own storage check then fails their trials). Returns how many
     nodes were checked.
     """
-    import uuid
 
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     need = {"CPU": cfg.cpus_per_trial, "GPU": cfg.gpus_per_trial}
@@ -349,7 +377,6 @@ def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, 
 @dataclass
 class Checked:
     """What preflight learnt about the workload that the search needs later."""
-
     higher_is_better: bool
     #: The split a screened search's finalists are scored on (search.finalists).
     select_split: str = "val"
@@ -377,15 +404,7 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     say = say or (lambda msg: logger.info("%s", msg))
     if cfg.dry_run:
         return Checked(True)
-    import torch
 
-    from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
-    from tune_prune.workloads.base import (
-        apply_pretrained,
-        check_score,
-        finite_real,
-        pretrained_label,
-    )
 
     workload = apply_pretrained(get_workload(cfg.workload, **cfg.workload_options), cfg.pretrained)
     fresh = _build_fresh(cfg, workload)
@@ -396,8 +415,6 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     _check_test_split(cfg, workload, fresh, "untrained model")
     split = "val"
     if cfg.screening:
-        from tune_prune.search.finalists import resolve_select_split
-
         split = resolve_select_split(cfg, workload, fresh)
     del fresh
     cache = cfg.resolved_baseline_cache()
@@ -435,8 +452,6 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
 def _check_rewind(cfg: SearchConfig, workload: Any) -> None:
     """lr_schedule 'rewind' replays the dense baseline's lrs: ConfigError when the baseline
     is the user's weights and the workload cannot say how they were trained."""
-    from tune_prune.workloads.base import ClassificationWorkload, pretrained_label
-
     if "rewind" not in (cfg.lr_schedules or []):
         return
     lrs = getattr(type(workload), "baseline_lrs", None)
@@ -453,7 +468,6 @@ def _check_rewind(cfg: SearchConfig, workload: Any) -> None:
 
 def _build_fresh(cfg: SearchConfig, workload: Any) -> Any:
     """A freshly built model (seeded, on the workload's device); WorkloadError when build_model() fails."""
-    import torch
 
     try:
         with torch.random.fork_rng(devices=[]):
@@ -488,8 +502,6 @@ def _evaluate(cfg: SearchConfig, workload: Any, model: Any, split: str, what: st
 
 def _check_test_split(cfg: SearchConfig, workload: Any, model: Any, what: str = "dense baseline") -> float | None:
     """``model``'s score on ``cfg.test_split``; ConfigError when the workload has no such split."""
-    from tune_prune.workloads.base import check_score
-
     if cfg.test_split is None:
         return None
     try:
@@ -509,11 +521,6 @@ def _check_test_split(cfg: SearchConfig, workload: Any, model: Any, what: str = 
 
 def _check_prunable(cfg: SearchConfig, model: Any) -> None:
     """Resolve each distinct config_list the space may give a trial on ``model``."""
-    from tune_prune.pruning.config import resolve_config_list
-    from tune_prune.pruning.pruners.registry import get_pruner_class
-    from tune_prune.search import build
-    from tune_prune.search.registry import PRUNER_MODES
-
     seen: set[tuple[str, Any]] = set()
     for pruner in cfg.allowed_pruners:
         prunable = getattr(get_pruner_class(pruner), "prunable", None)
@@ -577,21 +584,9 @@ def run_search(
     :class:`~tune_prune.search.progress.StatusLine`) shows trials done / running /
     stopped / failed, the best score at target and the time left while Tune runs.
     """
-    import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from tune_prune.search.early_stopping import make_scheduler
-    from tune_prune.search.searcher import (
-        JOURNAL_FILE,
-        PruneAwareOptunaSearch,
-        close_orphaned_trials,
-        search_storage,
-        storage_label,
-    )
-    from tune_prune.search.space import define_space, make_sampler
-    from tune_prune.search.trainable import TunePruneTrial
-    from tune_prune.search.warm_start import warm_start_points
 
     say: Printer = printer or (lambda msg: logger.info("%s", msg))
     start = time.perf_counter()
@@ -757,8 +752,6 @@ def run_finalists(
     """
     from ray import tune
 
-    from tune_prune.search.finalists import FINAL_DIR, FINALIST_KEY, final_fixed, pick_finalists
-    from tune_prune.search.trainable import TunePruneTrial
 
     final_dir = exp_dir / FINAL_DIR
     finalists = pick_finalists(screen_best, cfg)
@@ -818,10 +811,6 @@ def export_best(exp_dir: Path, out_dir: Path) -> dict[str, Any]:
 
     A failed export is reported, not fatal: the search's results are already written.
     """
-    try:
-        from tune_prune.search.export_best import export_best as _export
-    except ImportError as exc:  # tune_prune.export missing in this install
-        return {"status": "skipped", "reason": f"export is not available: {exc}"}
     try:
         out = _export(exp_dir, out_dir)
     except TunePruneError as exc:
