@@ -17,11 +17,8 @@ concurrent Ray workers neither train twice nor read a half-written file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tune_prune.atomic import atomic_torch_save, file_lock
 from tune_prune.workloads import Workload, from_dataloaders
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "own_model.pt"
@@ -113,32 +111,8 @@ def pretrain(path: str | os.PathLike[str], epochs: int = PRETRAIN_EPOCHS) -> flo
             optimizer.step()
             schedule.step()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(model.state_dict(), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_torch_save(model.state_dict(), path)
     return accuracy(model, DataLoader(splits["val"], batch_size=512))
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An advisory file lock (POSIX); elsewhere concurrent first runs may both pretrain."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def weights_path(weights: str | os.PathLike[str] | None = None) -> Path:
@@ -151,7 +125,7 @@ def ensure_pretrained(path: Path) -> Path:
     """Pretrain into ``path`` unless it exists; one process trains, the others wait for it."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(path.with_name(path.name + ".lock")):
+        with file_lock(path.with_name(path.name + ".lock")):
             if not path.is_file():
                 pretrain(path)
     return path

@@ -31,11 +31,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+try:  # POSIX only; elsewhere the lock is a no-op (with a warning)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
 __all__ = [
+    "file_lock",
     "atomic_dir",
     "atomic_torch_save",
     "atomic_write",
@@ -187,3 +193,19 @@ def atomic_dir(path: PathLike, complete: Callable[[Path], bool] | None = None) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: PathLike) -> Iterator[None]:
+    """Exclusive advisory lock (flock) on ``path``, so concurrent processes (Ray trials)
+    do a one-off job (train a baseline, pretrain weights) once; a no-op without fcntl."""
+    if fcntl is None:  # pragma: no cover - Windows
+        logger.warning("no fcntl: %s is not protected against concurrent writers", path)
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

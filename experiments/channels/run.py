@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from experiments._common import (
@@ -55,6 +54,7 @@ from experiments._common import (
     write_csv,
     write_results,
 )
+from experiments.speedup.run import match_tp_ratio, tp_compact
 from tune_prune.pruning import L1NormPruner
 from tune_prune.pruning.dependency import clear_analysis_cache
 from tune_prune.pruning.measure import count_macs
@@ -91,38 +91,6 @@ def ours_compact(model: nn.Module, x: torch.Tensor, sparsity: float, rule: dict[
     if remaining:
         raise RuntimeError(f"speedup left masks on {sorted(remaining)}")
     return compact
-
-
-def tp_compact(model: nn.Module, x: torch.Tensor, ratio: float, round_to: int = 1) -> nn.Module:
-    """torch-pruning's MagnitudePruner (L1, per-layer ratio), classifier ignored."""
-    work = copy.deepcopy(model)
-    pruner = tp.pruner.MagnitudePruner(
-        work, x, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=False,
-        pruning_ratio=ratio, ignored_layers=[work.fc], round_to=round_to if round_to > 1 else None,
-    )
-    pruner.step()
-    return work
-
-
-def match_tp_ratio(model: nn.Module, x: torch.Tensor, target: int, round_to: int,
-                   tol: float, steps: int, first: float) -> tuple[float, int]:
-    """Bisect torch-pruning's pruning_ratio until its MACs are within ``tol`` of ``target``."""
-    lo, hi = 0.0, 0.95
-    best: tuple[float, float, int] | None = None
-    for step in range(steps):
-        mid = first if step == 0 else (lo + hi) / 2
-        macs = count_macs(tp_compact(model, x, mid, round_to), x)
-        err = macs / target - 1
-        if best is None or abs(err) < abs(best[1]):
-            best = (mid, err, macs)
-        if abs(err) <= tol:
-            break
-        if macs > target:
-            lo = mid
-        else:
-            hi = mid
-    assert best is not None
-    return best[0], best[2]
 
 
 def _median_ms(fn: Any, rounds: int, before: Any = None) -> list[float]:
@@ -263,8 +231,8 @@ def main(argv: list[str] | None = None) -> str:
             rules = args.rules if rt == 1 else [r for r in args.rules if r in args.round_to_rules]
             for s in args.sparsities:
                 macs_ours = count_macs(ours_compact(dense0, x, s, {}, rt), x)
-                ratio, macs_tp = match_tp_ratio(dense0, x, macs_ours, rt, args.macs_tol,
-                                                args.bisect_steps, s)
+                ratio, macs_tp = match_tp_ratio(dense0, x, macs_ours, args.macs_tol,
+                                                args.bisect_steps, s, round_to=rt)
                 for seed in args.seeds:
                     base = load_or_train_baseline(workload, seed, args.cache).eval()
                     for method in [TP, *rules]:

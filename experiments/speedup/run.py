@@ -77,26 +77,27 @@ def tune_prune_compact(model: nn.Module, x: torch.Tensor, sparsity: float) -> nn
     return compact
 
 
-def tp_compact(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
-    """torch-pruning's MagnitudePruner (L1, per-layer ratio), classifier ignored."""
+def tp_compact(model: nn.Module, x: torch.Tensor, ratio: float, round_to: int = 1) -> nn.Module:
+    """torch-pruning's MagnitudePruner (L1, per-layer ratio, kept channels a multiple of
+    ``round_to``), classifier ignored."""
     work = copy.deepcopy(model)
     pruner = tp.pruner.MagnitudePruner(
         work, x, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=False,
-        pruning_ratio=ratio, ignored_layers=[work.fc],
+        pruning_ratio=ratio, ignored_layers=[work.fc], round_to=round_to if round_to > 1 else None,
     )
     pruner.step()
     return work
 
 
 def match_tp_ratio(model: nn.Module, x: torch.Tensor, target_macs: int, tol: float,
-                   max_steps: int, first: float) -> tuple[float, int]:
+                   max_steps: int, first: float, round_to: int = 1) -> tuple[float, int]:
     """Bisect torch-pruning's pruning_ratio until its MACs are within ``tol`` of the target
     (trying ``first``, the tune_prune sparsity, before bisecting)."""
     lo, hi = 0.0, 0.95
     best: tuple[float, float, int] | None = None
     for step in range(max_steps):
         mid = first if step == 0 else (lo + hi) / 2
-        macs = count_macs(tp_compact(model, x, mid), x)
+        macs = count_macs(tp_compact(model, x, mid, round_to), x)
         err = macs / target_macs - 1
         if best is None or abs(err) < abs(best[1]):
             best = (mid, err, macs)

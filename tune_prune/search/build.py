@@ -15,9 +15,8 @@ from torch import nn
 
 from tune_prune.pruning.config import resolve_config_list
 from tune_prune.pruning.pruners.allocation import num_pruned, rounded_prune
-from tune_prune.pruning.pruners.norm import CHANNEL_OPTION_DEFAULTS
 from tune_prune.pruning.pruners.registry import get_pruner_class
-from tune_prune.search.registry import generator_spec
+from tune_prune.search.registry import CHANNEL_PARAMS, generator_spec
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +75,9 @@ def channel_rounding_slack(
     return max(0.0, short / total) if total else 0.0
 
 
-#: Trial-config keys that are pruner keywords (the channel pruners' options).
-PRUNER_OPTION_KEYS = tuple(CHANNEL_OPTION_DEFAULTS)
-
-
 def pruner_options(trial: dict[str, Any]) -> dict[str, Any]:
     """The pruner keywords a trial config sets (``normalizer``, ``bn_scale``, ...)."""
-    return {key: trial[key] for key in PRUNER_OPTION_KEYS if key in trial}
+    return {key: trial[key] for key in CHANNEL_PARAMS if key in trial}
 
 
 def make_pruner(name: str, mode: str, dummy_input: Any, options: dict[str, Any] | None = None) -> Any:

@@ -21,7 +21,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class TrialCounters:
     best_objective: float | None = None
     finetune_epochs_cum: float = 0.0
     finetune_seconds_cum: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Reporter:
@@ -67,7 +66,9 @@ class Reporter:
     def restore(self, checkpoint_dir: str | Path) -> None:
         path = Path(checkpoint_dir) / STATE_FILE
         if path.exists():
-            self.counters = TrialCounters(**json.loads(path.read_text()))
+            saved = json.loads(path.read_text())
+            known = {f.name for f in fields(TrialCounters)}  # older checkpoints held an 'extra' dict
+            self.counters = TrialCounters(**{k: v for k, v in saved.items() if k in known})
             logger.info("resuming after iteration %d", self.counters.iteration)
 
     def metrics(self, meas: dict[str, Any], schedule_done: bool, planned: int | None) -> dict[str, Any]:

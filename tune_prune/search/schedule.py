@@ -129,8 +129,6 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
         # last ticket, the one at the target (tickets are scored untrained, NNI's order).
         retrained = bool(measurements.get("retrained_ticket"))
         done = retrained or ((not reset_weight) and build.schedule_finished(generator, measurements))
-        if retrained:
-            reporter.counters.extra["final_reported"] = True
         reporter.report(
             {**measurements, "test_score": evaluator.take_test()}, scheduler.save_state, schedule_done=done,
             planned=build.planned_iterations(generator, reset_weight),
@@ -150,8 +148,9 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
     # After load_state (which restores the RNGs saved at the report): both paths seed alike.
     seed_iteration(seed, reporter.counters.iteration)
     try:
-        if not reporter.counters.extra.get("final_reported"):
-            scheduler.compress()  # resumed after the last ticket: compress() only retrains it
+        # Resumed after the last task, compress() runs no task; it still retrains the
+        # last ticket unless the saved state says that was reported already.
+        scheduler.compress()
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
 

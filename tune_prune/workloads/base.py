@@ -7,7 +7,6 @@ in-memory helper :class:`ClassificationWorkload`) and naming it to ``get_workloa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,13 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from tune_prune.atomic import atomic_write
+from tune_prune.atomic import atomic_write, file_lock
 from tune_prune.errors import ConfigError, WorkloadError
-
-try:  # POSIX only; elsewhere the cache still works but is not safe across processes.
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -686,23 +680,6 @@ def _baseline_paths(workload: Workload, seed: int, cache_dir: Path) -> tuple[Pat
     return cache_dir / f"{stem}.pt", cache_dir / f"{stem}.json", cache_dir / f"{stem}.lock"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock (flock), so concurrent Ray trials train a baseline once."""
-    if fcntl is None:  # pragma: no cover - Windows
-        logger.warning(
-            "no fcntl: baseline cache %s is not protected against concurrent writers", path
-        )
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def read_baseline_metadata(
     workload: Workload, seed: int, cache_dir: str | os.PathLike[str]
 ) -> dict[str, Any] | None:
@@ -760,7 +737,7 @@ def load_or_train_baseline(
     model = _try_load(workload, seed, weights, meta)
     if model is not None:
         return model
-    with _file_lock(lock):
+    with file_lock(lock):
         model = _try_load(workload, seed, weights, meta)  # another process may have finished
         if model is not None:
             return model
@@ -1033,7 +1010,7 @@ def _pretrained_baseline(workload: Workload, seed: int, cache: Path) -> nn.Modul
 
     if recorded():
         return model
-    with _file_lock(lock):
+    with file_lock(lock):
         if recorded():  # another process evaluated these weights meanwhile
             return model
         start = time.perf_counter()
