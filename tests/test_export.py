@@ -56,6 +56,21 @@ def test_onnx_file_is_valid_when_onnx_is_installed(tmp_path, pruned):
     onnx.checker.check_model(onnx.load(str(out / "model.onnx")))
 
 
+def test_onnx_file_runs_at_any_batch_size_in_onnx_runtime(tmp_path, pruned):
+    ort = pytest.importorskip("onnxruntime")
+    workload, model, masks = pruned
+    out = export_model(tmp_path / "e", model, workload="digits", masks=masks,
+                       history=model_history(model), dummy_input=workload.dummy_input())
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    model.eval()
+    for batch in (1, 5):  # neither is the dummy input's batch size
+        x = workload.dummy_input()[:1].repeat(batch, *[1] * (workload.dummy_input().dim() - 1))
+        x = x + torch.randn_like(x)
+        (got,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            assert torch.allclose(torch.from_numpy(got), model(x), atol=1e-5)
+
+
 def test_bad_export_dirs_name_the_problem(tmp_path):
     with pytest.raises(ExportError, match="does not exist"):
         load(tmp_path / "missing")

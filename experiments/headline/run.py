@@ -9,7 +9,8 @@ MACs by channels), per seed (each starts from that seed's cached dense baseline)
   ``one-shot`` (prune once, the whole budget), ``AGP`` (``--agp-iterations`` steps),
   ``IMP + rewinding`` (iterative magnitude pruning, weights rewound to the dense model
   after each round, the last ticket retrained: NNI's lottery-ticket order); each given
-  (i) the search's final-schedule budget and (ii) everything the search paid;
+  (i) the search's final-schedule budget and (ii) everything the default search paid on
+  that (target, seed) (the searches run first; its screening plus its finalists);
 - the search at its CLI defaults, at 16 trials, and random search (same defaults).
 
 All runs go through ``tune_prune.search.run_schedule`` / ``run_search``, so pruning,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--workload", default="digits")
     parser.add_argument("--targets", nargs="+", default=["w0.95", "w0.98"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1],
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3],
                         help="the hand schedules' lr grid (picked on validation per seed)")
     parser.add_argument("--agp-iterations", type=int, default=5)
     parser.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
@@ -210,11 +212,16 @@ def main(argv: list[str] | None = None) -> str:
     workload = get_workload(args.workload, **options)
     defaults = SearchConfig.create(**search_options)
     final_budget = float(defaults.full_budget)
-    paid_budget = (defaults.num_samples * defaults.screen_budget + defaults.finalists * final_budget
+    # the most the default search can pay (its best warm start a finalist too); the hand rows'
+    # paid budget is what it did pay per (target, seed) when it ran, this otherwise
+    warm_finalist = 1 if defaults.screening and defaults.warm_start != ["none"] else 0
+    paid_budget = (defaults.num_samples * defaults.screen_budget
+                   + (defaults.finalists + warm_finalist) * final_budget
                    if defaults.screening else defaults.num_samples * final_budget)
     header = [command_line(MODULE, argv_used), *machine_lines(), f"workload {args.workload}: {workload.config}",
               f"search options {search_options}; the search's final budget {final_budget:g} epochs, "
-              f"its nominal paid budget {paid_budget:g} epochs (hand schedules get each)"]
+              f"at most {paid_budget:g} epochs paid; hand schedules get the final budget and what the "
+              "default search paid on each (target, seed)"]
     print("\n".join(header), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / "runs.jsonl"
@@ -245,25 +252,7 @@ def main(argv: list[str] | None = None) -> str:
             if rec and rec["method"] not in SEARCHES and rec["target"] in targets and rec["seed"] in args.seeds:
                 keep(rec)
         header.append(f"hand and NNI rows reused from {args.hand_records}")
-    jobs = []
-    for token, (kind, sparsity) in ({} if args.hand_records else targets).items():
-        for seed in args.seeds:
-            cfg = SearchConfig.create(workload=args.workload, workload_options=options, target_sparsity=sparsity,
-                                      sparsity_kind=kind, seed=seed, baseline_cache_dir=str(args.cache.resolve()))
-            fixed = fixed_config(cfg)
-            key = {"target": token, "seed": seed}
-            jobs.append({"fixed": fixed, "trial": hand_schedule(NNI, kind, 10, 0.01, 10),
-                         "key": {**key, "method": NNI, "lr": 0.01}})
-            for method in HAND:
-                for budget_name, budget in (("final", final_budget), ("paid", paid_budget)):
-                    for lr in args.lrs:
-                        jobs.append({"fixed": fixed,
-                                     "trial": hand_schedule(method, kind, budget, lr, args.agp_iterations),
-                                     "key": {**key, "method": method, "budget_name": budget_name, "lr": lr}})
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for rec in pool.map(run_hand, jobs):
-            keep(rec)
-
+    paid_by: dict[tuple[str, int], float] = {}  # what the default search paid, per (target, seed)
     import ray
 
     ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
@@ -278,9 +267,33 @@ def main(argv: list[str] | None = None) -> str:
                                   "storage_path": storage, "name": f"search-{len(records)}",
                                   "include_dashboard": False, "reuse_actors": True,
                                   "max_concurrent": args.max_concurrent}
-                        keep({"target": token, "seed": seed, "method": method, **run_one_search(values)})
+                        rec = {"target": token, "seed": seed, "method": method, **run_one_search(values)}
+                        keep(rec)
+                        if method == "search (defaults)":
+                            paid_by[(token, seed)] = round(rec["epochs_paid"], 2)
     finally:
         ray.shutdown()
+    jobs = []
+    for token, (kind, sparsity) in ({} if args.hand_records else targets).items():
+        for seed in args.seeds:
+            cfg = SearchConfig.create(workload=args.workload, workload_options=options, target_sparsity=sparsity,
+                                      sparsity_kind=kind, seed=seed, baseline_cache_dir=str(args.cache.resolve()))
+            fixed = fixed_config(cfg)
+            key = {"target": token, "seed": seed}
+            jobs.append({"fixed": fixed, "trial": hand_schedule(NNI, kind, 10, 0.01, 10),
+                         "key": {**key, "method": NNI, "lr": 0.01}})
+            for method in HAND:
+                paid = paid_by.get((token, seed), paid_budget)
+                for budget_name, budget in (("final", final_budget), ("paid", paid)):
+                    for lr in args.lrs:
+                        jobs.append({"fixed": fixed,
+                                     "trial": hand_schedule(method, kind, budget, lr, args.agp_iterations),
+                                     "key": {**key, "method": method, "budget_name": budget_name, "lr": lr}})
+    # spawn: this process has run Ray, whose threads a forked child would inherit half-way
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for rec in pool.map(run_hand, jobs):
+            keep(rec)
+
     header.append(f"wall time {time.perf_counter() - start:.0f} s; " + machine_lines()[-1])
     write_csv(out_dir / "runs.csv", records)
     headers, rows, verdict = summarise(records)

@@ -38,7 +38,7 @@ def test_defaults_are_valid() -> None:
         ("cpus_per_trial", 0),
         ("gpus_per_trial", -1),
         ("time_budget_s", -5),
-        ("multi_objective", "latency"),
+        ("multi_objective", "energy"),
         ("early_stopping", "hyperband"),
         ("early_stopping_rungs", [0.5, 1.5]),
         ("early_stopping_reduction_factor", 1.0),

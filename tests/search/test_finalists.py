@@ -59,8 +59,8 @@ def test_pick_finalists_distinct_at_target_in_order_at_the_full_budget(tmp_path)
     # the best warm start (a_again: a's schedule) is a finalist already: nothing added
     warm = best.assign(warm_start=best["trial_id"].isin(["c", "a_again"]))
     assert [f["screen_trial_id"] for f in pick_finalists(warm, cfg)] == ["a", "b"]
-    assert finalists[0]["finetune_epochs"] == 4.0  # one-shot: the whole full budget
-    assert finalists[1]["finetune_epochs"] == pytest.approx(4.0 / 4)  # 3 tickets + the retrain
+    assert finalists[0]["finetune_epochs"] == 12.0  # one-shot: the whole full budget (3 x 4 by default)
+    assert finalists[1]["finetune_epochs"] == pytest.approx(12.0 / 4)  # 3 tickets + the retrain
     assert all("fixed" not in f for f in finalists)
     assert finetune_calls(finalists[1]) * finalists[1]["finetune_epochs"] == pytest.approx(cfg.full_budget)
     assert pick_finalists(best[~best["reached_target"]], cfg) == []
@@ -70,7 +70,7 @@ def test_final_budget_and_unwrap() -> None:
     cfg = SearchConfig.create(screen_fraction=0.5, finetune_budget=6.0, final_budget=10.0)
     assert (cfg.screen_budget, cfg.full_budget, cfg.screening) == (3.0, 10.0, True)
     default = SearchConfig.create()
-    assert (default.screening, default.screen_budget, default.full_budget) == (True, 1.25, 5.0)
+    assert (default.screening, default.screen_budget, default.full_budget) == (True, 1.25, 15.0)  # 3x
     plain = SearchConfig.create(screen_fraction=1)
     assert (plain.screening, plain.screen_budget, plain.full_budget) == (False, 5.0, 5.0)
     # where screening cannot apply, the default turns it off; asked for, it is an error
@@ -112,7 +112,7 @@ def test_select_split_auto_uses_select_when_the_workload_has_one() -> None:
 
 @pytest.mark.slow
 def test_screened_search_end_to_end(baseline_cache, tmp_path) -> None:
-    """Three screened trials at a quarter of the budget, the best two again at the full one."""
+    """Three screened trials at a quarter of the budget, the best two again at 3x it (the default)."""
     from tune_prune.search.cli import main
     from tune_prune.search.results import collect
 
@@ -128,8 +128,8 @@ def test_screened_search_end_to_end(baseline_cache, tmp_path) -> None:
     exp = storage / "screened"
     screened, final = collect(exp), collect(exp / FINAL_DIR)
     assert screened["trial_id"].nunique() == 3 and final["trial_id"].nunique() == 2
-    # each schedule splits its budget over its fine-tunes: 0.125 epochs screened, 0.5 final
-    for table, budget in ((screened, 0.125), (final, 0.5)):
+    # each schedule splits its budget over its fine-tunes: 0.125 epochs screened, 3 x 0.5 final
+    for table, budget in ((screened, 0.125), (final, 1.5)):
         last = table.sort_values("iteration").groupby("trial_id").tail(1)
         assert (last["finetune_epochs_cum"] - budget).abs().max() < 1e-9
     assert set(final["stage"]) == {"final"} and set(screened["stage"]) == {"search"}

@@ -236,8 +236,10 @@ def _export_onnx(model: nn.Module, dummy_input: torch.Tensor, path: Path) -> str
     """Best effort: an ONNX file is a convenience, never a reason to lose the folder."""
     try:
         copy_ = copy.deepcopy(model).cpu().eval()
+        # the batch dimension stays free: a runtime may feed any batch size, not only the dummy's
         torch.onnx.export(copy_, (dummy_input.cpu(),), str(path), input_names=["input"],
-                          output_names=["output"], dynamo=False)
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          dynamo=False)
         return ONNX_FILE
     except Exception as err:  # noqa: BLE001 - report and go on without the ONNX file
         logger.warning("ONNX export failed (%s); the state dict export is complete", err)

@@ -19,6 +19,12 @@ Conventions
   the allocation prunes the same number of channels in every contiguous block.
   Depthwise convolutions are channel-coupled instead (same indices as their producer),
   which is stricter than NNI's count constraint and is what physical removal needs.
+* Channel shuffles (``view(b, g, c/g, h, w) -> transpose(1, 2) -> view(b, c, h, w)`` or
+  the permute/reshape spelling, ShuffleNetV2) are traced as the permutation they are and
+  couple channel k of all g segments (the compact shuffle keeps its order only then);
+  torch-pruning 1.6 maps them as flattens (wrong groups, or ZeroDivisionError), and
+  infers ``chunk`` sizes wrongly when a chunk feeds a concat (:class:`_ShuffleAwareGraph`).
+  Coupled channels of one layer share a group channel (``to_member`` returns all).
 * One trace serves everything: :func:`analyse` traces a model once and keeps only
   name-based facts (groups, the BatchNorms and consumer layers of each group, output
   layers, following BatchNorms, the removal plan :mod:`speedup` executes). The result
@@ -88,11 +94,16 @@ class ChannelGroup:
     consumers: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict, repr=False, compare=False
     )
-    _inverse: dict[str, dict[int, int]] = field(default_factory=dict, repr=False, compare=False)
+    _inverse: dict[str, dict[int, list[int]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for name, idx in self.members.items():
-            self._inverse[name] = {g: k for k, g in enumerate(idx)}
+            inverse: dict[int, list[int]] = {}
+            for k, g in enumerate(idx):  # several channels of one layer may be coupled
+                inverse.setdefault(g, []).append(k)
+            self._inverse[name] = inverse
 
     @property
     def names(self) -> list[str]:
@@ -102,7 +113,7 @@ class ChannelGroup:
     def to_member(self, name: str, group_indices: Sequence[int]) -> list[int]:
         """Map group channel indices to `name`'s own channel indices (absent ones dropped)."""
         inv = self._inverse[name]
-        return sorted(inv[g] for g in group_indices if g in inv)
+        return sorted(k for g in set(group_indices) if g in inv for k in inv[g])
 
     def gather(self, metrics: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Sum per-member channel metrics into one metric per group channel.
@@ -135,6 +146,152 @@ def forward(model: nn.Module, dummy_input: Any) -> Any:
     return model(dummy_input)
 
 
+def _fn_name(node: Any) -> str:
+    return node.grad_fn.name() if hasattr(node.grad_fn, "name") else ""
+
+
+class _ShuffleIndexMapping:
+    """Index mapping through a channel shuffle of `groups` segments of `per_group` channels.
+
+    ``view(b, g, c/g, h, w) -> transpose(1, 2) -> view(b, c, h, w)`` moves input channel
+    ``gi * cpg + k`` to output channel ``k * g + gi`` (``reverse``: output to input).
+    The same code on fewer channels keeps that order only when channel k is kept in all
+    g segments; that coupling is added by name (:func:`_channel_groups`, the speedup),
+    not here: a one-to-many mapping makes torch-pruning's group search blow up.
+    """
+
+    def __init__(self, groups: int, per_group: int, reverse: bool = False) -> None:
+        self.groups, self.per_group, self.reverse = groups, per_group, reverse
+
+    def __call__(self, idxs: Sequence[Any]) -> list[Any]:
+        g, cpg = self.groups, self.per_group
+        if self.reverse:
+            g, cpg = cpg, g  # the inverse of a (g, cpg) shuffle is a (cpg, g) shuffle
+        return [
+            tp._helpers._HybridIndex((i.idx % cpg) * g + i.idx // cpg, i.root_idx) for i in idxs
+        ]
+
+
+def _find_shuffles(module2node: Mapping[Any, Any]) -> list[tuple[Any, Any, Any, int, int]]:
+    """Channel shuffles as (first view, transpose/permute, last view, groups, per group).
+
+    Matched: a view/reshape of a 4-D (b, c, h, w) tensor, a transpose(1, 2) or
+    permute(0, 2, 1, 3, 4), any contiguous() copies, and a view/reshape of the 5-D
+    (b, c/g, g, h, w) result, each the only consumer of the one before.
+    """
+    found = []
+    for node in module2node.values():
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+        if node.type != tp.ops.OPTYPE.RESHAPE or sizes is None or len(sizes) != 4:
+            continue
+        if len(node.outputs) != 1:
+            continue
+        swap = node.outputs[0]
+        fn = swap.grad_fn
+        if _fn_name(swap) == "TransposeBackward0":
+            ok = {fn._saved_dim0 % 5, fn._saved_dim1 % 5} == {1, 2}
+        else:
+            ok = _fn_name(swap) == "PermuteBackward0" and tuple(fn._saved_dims) == (0, 2, 1, 3, 4)
+        end = swap
+        while ok and len(end.outputs) == 1 and _fn_name(end.outputs[0]) == "CloneBackward0":
+            end = end.outputs[0]
+        if not ok or len(end.outputs) != 1 or end.outputs[0].type != tp.ops.OPTYPE.RESHAPE:
+            continue
+        last = end.outputs[0]
+        size2 = getattr(last.grad_fn, "_saved_self_sym_sizes", None)
+        b, c, h, w = (int(s) for s in sizes)
+        if (
+            size2 is not None
+            and len(size2) == 5
+            and [int(s) for s in size2[:1] + size2[3:]] == [b, h, w]
+            and int(size2[1]) * int(size2[2]) == c
+        ):
+            found.append((node, swap, last, int(size2[2]), int(size2[1])))
+    return found
+
+
+class _SplitFn:
+    """A chunk's grad_fn showing its sizes under the name torch-pruning 1.6 reads.
+
+    torch 2 saves ``_saved_split_size`` for ``chunk``/``split(int)``; torch-pruning 1.6
+    looks for ``_saved_split_sizes`` only and otherwise infers the sizes, wrongly when a
+    chunk feeds a concat (ShuffleNetV2's ``cat((x1, branch(x2)))``).
+    """
+
+    def __init__(self, fn: Any, sizes: list[int]) -> None:
+        self._fn, self._saved_split_sizes = fn, sizes
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self._fn, key)
+
+
+def _fix_split(node: Any) -> None:
+    """Give a channel chunk its exact sizes and order its output nodes by segment
+    (torch-pruning maps the i-th output node to the i-th segment)."""
+    fn = node.grad_fn
+    size, full = getattr(fn, "_saved_split_size", None), getattr(fn, "_saved_self_sym_sizes", None)
+    if node.type != tp.ops.OPTYPE.SPLIT or size is None or full is None or fn._saved_dim != 1:
+        return
+    c = int(full[1])
+    sizes = [min(int(size), c - o) for o in range(0, c, int(size))]
+    segment = {}
+    for out in node.outputs:
+        nrs = {nr for f, nr in getattr(out.grad_fn, "next_functions", ()) if f is fn}
+        if len(nrs) != 1:
+            return
+        segment[out] = nrs.pop()
+    if sorted(segment.values()) == list(range(len(sizes))):
+        node.outputs.sort(key=segment.__getitem__)
+        node.grad_fn = _SplitFn(fn, sizes)
+
+
+class _ShuffleAwareGraph(tp.DependencyGraph):
+    """torch-pruning's graph with channel shuffles mapped as the permutation they are.
+
+    torch-pruning 1.6 takes both views of a shuffle for flattens: the channel mapping
+    it derives is wrong (or raises ZeroDivisionError). Matched shuffles
+    (:func:`_find_shuffles`) are typed element-wise, so torch-pruning leaves their index
+    mapping alone, and the transpose edge gets :class:`_ShuffleIndexMapping`. Channel
+    chunks get their exact sizes (:func:`_fix_split`), and a split reports its input
+    channels, which torch-pruning's shape inference miscounts when a chunk feeds a cat.
+    """
+
+    def get_in_channels(self, module_or_node: Any) -> int | None:
+        node = self.module2node.get(module_or_node, module_or_node)
+        sizes = getattr(getattr(node, "module", None), "split_sizes", None)
+        if getattr(node, "type", None) == tp.ops.OPTYPE.SPLIT and sizes and None not in sizes:
+            return sum(sizes)
+        return super().get_in_channels(module_or_node)
+
+    def _build_dependency(self, module2node: Any) -> None:
+        for node in module2node.values():
+            _fix_split(node)
+        shuffles = _find_shuffles(module2node)
+        for first, _, last, _, _ in shuffles:
+            first.type = last.type = tp.ops.OPTYPE.ELEMENTWISE
+        super()._build_dependency(module2node)
+        #: first view of each shuffle -> (groups, channels per group)
+        self.channel_shuffles = {first: (g, cpg) for first, _, _, g, cpg in shuffles}
+        for first, swap, _, g, cpg in shuffles:
+            for src, dst, reverse in ((first, swap, False), (swap, first, True)):
+                for dep in src.dependencies:
+                    if dep.target is dst:
+                        dep.index_mapping[0] = _ShuffleIndexMapping(g, cpg, reverse)
+
+
+def _failed_node(exc: BaseException) -> str:
+    """The torch-pruning node a tracing error was raised at, or '': the first ``*node``
+    local (arguments come first) of the innermost frame that has one."""
+    tb, found = exc.__traceback__, ""
+    while tb is not None:
+        for key, value in tb.tb_frame.f_locals.items():
+            if key.endswith("node") and isinstance(value, tp.dependency.Node):
+                found = f" at node {value.name} ({_fn_name(value) or value.type.name})"
+                break
+        tb = tb.tb_next
+    return found
+
+
 @contextlib.contextmanager
 def traced_graph(
     model: nn.Module,
@@ -153,12 +310,13 @@ def traced_graph(
             p.requires_grad_(True)
         with torch.enable_grad():
             try:
-                graph = tp.DependencyGraph().build_dependency(
+                graph = _ShuffleAwareGraph().build_dependency(
                     model, dummy_input, forward_fn=forward_fn, verbose=False
                 )
             except Exception as exc:  # torch-pruning raises bare asserts / shape errors
                 raise SpeedupError(
-                    f"dependency tracing failed for model {type(model).__name__}: {exc!r}"
+                    f"dependency tracing failed for model {type(model).__name__}"
+                    f"{_failed_node(exc)}: {exc!r}"
                 ) from exc
         yield graph
     finally:
@@ -220,7 +378,9 @@ class PlanItem:
     root channel each comes from; ``outside_input``: a channel-preserving op fed by a
     tensor outside the graph (model input, buffer, constant); ``op_name``: the autograd
     function's lower-case name (element-wise ops); ``single_output``: the module name
-    of the node's only consumer node, when it has exactly one.
+    of the node's only consumer node, when it has exactly one; ``node``: torch-pruning's
+    node name; ``chunk``: the segment sizes of a ``chunk``/``split(int)`` along channels;
+    ``shuffle``: (groups, channels per group) of a channel shuffle's input node.
     """
 
     optype: str
@@ -231,6 +391,9 @@ class PlanItem:
     outside_input: bool
     op_name: str
     single_output: str | None
+    node: str = ""
+    chunk: tuple[int, ...] = ()
+    shuffle: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -428,6 +591,7 @@ def _plan(graph: tp.DependencyGraph, m2n: dict, full: dict) -> tuple[tuple[PlanI
     visited: set[nn.Module] = set()
     plan = []
     ignored = list(getattr(graph, "IGNORED_LAYERS_IN_TRACING", []))
+    shuffles = getattr(graph, "channel_shuffles", {})
     for m in list(graph.module2node):
         if any(m is i for i in ignored) or not isinstance(m, _PRUNABLE) or m in visited:
             continue
@@ -459,6 +623,9 @@ def _plan(graph: tp.DependencyGraph, m2n: dict, full: dict) -> tuple[tuple[PlanI
                     outside_input=_outside_input(node),
                     op_name=fn.name().lower() if hasattr(fn, "name") else "",
                     single_output=single,
+                    node=str(node.name),
+                    chunk=tuple(fn._saved_split_sizes) if isinstance(fn, _SplitFn) else (),
+                    shuffle=shuffles.get(node, ()),
                 )
             )
         plan.append(tuple(items))
@@ -491,6 +658,9 @@ def _channel_groups(
     # (layer, root channel) -> [(bn or consumer name, own index)]
     bn_items: dict[str, list[tuple[str, int, int]]] = {}
     consumer_items: dict[str, list[tuple[str, int, int]]] = {}
+    # (shuffle, channel within a segment) -> [(layer, root)]: pruned together
+    shuffled: dict[tuple[Any, int], list[tuple[str, int]]] = {}
+    shuffles = getattr(graph, "channel_shuffles", {})
     layers = [(m2n[m], m) for m in graph.module2node if isinstance(m, _PRUNABLE) and m in m2n]
     layers.sort(key=lambda x: order[x[0]])
     for name, m in layers:
@@ -500,6 +670,10 @@ def _channel_groups(
             target = item.dep.target
             if target.type == tp.ops.OPTYPE.OUTPUT:
                 to_output.add(name)
+            if target in shuffles:
+                cpg = shuffles[target][1]
+                for idx, root in zip(item.idxs, item.root_idxs):
+                    shuffled.setdefault((target, int(idx) % cpg), []).append((name, int(root)))
             tname = m2n.get(target.module) if isinstance(target.module, nn.Module) else None
             if tname is None:
                 continue
@@ -532,6 +706,10 @@ def _channel_groups(
                     and graph.is_out_channel_pruning_fn(item.dep.handler)
                 ):
                     constraints.setdefault(tname, []).append(m.groups)
+    for first, *rest in shuffled.values():
+        for other in rest:
+            uf.union(first, other)
+            layer_uf.union(first[0], other[0])
 
     by_layer_root: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, m in layers:

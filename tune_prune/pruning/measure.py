@@ -30,7 +30,7 @@ from tune_prune.pruning.masks import Masks, check_masks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_macs", "count_params", "measure_latency", "sparsity_report"]
+__all__ = ["count_macs", "count_params", "measure_latency", "repeat_batch", "sparsity_report"]
 
 
 
@@ -129,16 +129,27 @@ def sparsity_report(model: nn.Module, masks: Masks) -> dict[str, Any]:
     }
 
 
-def measure_latency(model: nn.Module, input: Any, repeats: int = 20, warmup: int = 5) -> float:
-    """Median wall-clock seconds of one forward pass under torch.inference_mode (eval mode)."""
+def measure_latency(
+    model: nn.Module, input: Any, repeats: int = 20, warmup: int = 5, threads: int | None = None
+) -> float:
+    """Median wall-clock seconds of one forward pass under torch.inference_mode (eval mode).
+
+    ``threads``: torch's intra-op thread count during the measurement (warm-up included),
+    restored afterwards, also when the forward pass raises; None keeps the current one.
+    """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"measure_latency: repeats={repeats} must be >= 1, warmup={warmup} >= 0")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"measure_latency: threads={threads} must be >= 1 (or None)")
     was_training = model.training
     model.eval()
     cuda = any(p.is_cuda for p in model.parameters())
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
+    previous_threads = torch.get_num_threads()
     try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
         with torch.inference_mode():
             for _ in range(warmup):
                 forward(model, input)
@@ -149,5 +160,28 @@ def measure_latency(model: nn.Module, input: Any, repeats: int = 20, warmup: int
                 sync()
                 times.append(time.perf_counter() - start)
     finally:
+        if threads is not None:
+            torch.set_num_threads(previous_threads)
         model.train(was_training)
     return statistics.median(times)
+
+
+def repeat_batch(dummy_input: Any, batch_size: int) -> Any:
+    """``dummy_input`` grown (or cut) to ``batch_size`` along dim 0 by repeating its rows.
+
+    Tensors of a tuple, list or dict of inputs are repeated alike; a 0-d tensor and
+    anything that is not a tensor are passed through unchanged.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"repeat_batch: batch_size={batch_size} must be >= 1")
+    if isinstance(dummy_input, torch.Tensor):
+        if dummy_input.dim() == 0 or dummy_input.shape[0] == 0:
+            return dummy_input
+        n = dummy_input.shape[0]
+        reps = -(-batch_size // n)  # ceil
+        return dummy_input.repeat(reps, *([1] * (dummy_input.dim() - 1)))[:batch_size]
+    if isinstance(dummy_input, dict):
+        return {k: repeat_batch(v, batch_size) for k, v in dummy_input.items()}
+    if isinstance(dummy_input, (tuple, list)):
+        return type(dummy_input)(repeat_batch(v, batch_size) for v in dummy_input)
+    return dummy_input

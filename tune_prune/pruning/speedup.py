@@ -19,11 +19,19 @@ returning). Rules:
   the model input or constant tensors, group convs that are not depthwise, transposed
   convs and layer types other than Conv/Linear/BatchNorm/PReLU. At least one channel of
   every group survives. Zeros that stay are returned as re-indexed masks.
+* The model's own code must route the compact channels as it routed the kept ones: a
+  ``chunk(n)``/``split(int)`` along channels loses as many channels in every segment,
+  and a channel shuffle (ShuffleNetV2) channel k of all its segments or of none. Dead
+  channels that break this stay (logged). A failure names the model and the reshapes,
+  slices and splits that channels were removed through (torch-pruning infers their index
+  mappings from shapes and can get them wrong).
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -63,6 +71,8 @@ _OT = tp.ops.OPTYPE
 # Non-module nodes that only route channels (their output is zero where inputs are).
 _ROUTING = {_OT.ELEMENTWISE, _OT.CONCAT, _OT.SPLIT, _OT.RESHAPE, _OT.SLICE}
 _ROUTING_NAMES = frozenset(t.name for t in _ROUTING)
+# Routing ops whose channel index mapping torch-pruning infers from shapes (named in errors).
+_MAPPING_NAMES = frozenset(t.name for t in (_OT.RESHAPE, _OT.SPLIT, _OT.SLICE))
 # Element-wise autograd ops (lower-case substrings of grad_fn names) that map an all-zero
 # channel to an all-zero channel. Anything else (sigmoid, x + 1, softplus, ...) turns a
 # dead channel into a live one, so groups through it are left alone.
@@ -159,6 +169,7 @@ class _Removal:
         self.out_removed: dict[str, set[int]] = {}
         self.in_removed: dict[str, set[int]] = {}
         self.bn_after = analysis.following
+        self.mapped: dict[str, None] = {}  # reshapes/slices/splits channels were removed through
 
     def _supported(self, items: tuple[PlanItem, ...]) -> bool:
         for item in items:
@@ -239,18 +250,68 @@ class _Removal:
                 self.in_removed.setdefault(item.name, set()).update(idxs)
 
     def run(self) -> int:
+        """Remove the dead channels; again, keeping more, until chunks and shuffles fit."""
+        kept: set[tuple[int, int]] = set()
+        while True:
+            self.out_removed, self.in_removed, self.mapped = {}, {}, {}
+            self.routed: dict[str, tuple[PlanItem, dict[int, tuple[int, int]]]] = {}
+            removed = self._run(kept)
+            more = self._misfits()
+            if not more:
+                break
+            kept |= more
+        if kept:
+            logger.warning(
+                "speedup keeps %d dead channels (their zeros stay as masks) so that chunk() "
+                "and channel shuffle ops still route the compact channels",
+                len(kept),
+            )
+        return removed
+
+    def _misfits(self) -> set[tuple[int, int]]:
+        """(plan group, root) pairs to keep so that the model's own code still routes the
+        compact channels as it routed the kept ones: every segment of a ``chunk(n)`` loses
+        as many channels (unequal segments lose none), and a channel shuffle loses channel
+        k of all its segments or of none."""
+        keep = set()
+        for item, removed in self.routed.values():
+            if item.chunk:
+                bounds = list(itertools.accumulate(item.chunk))
+                per: list[list[int]] = [[] for _ in item.chunk]
+                for idx in sorted(removed):
+                    per[bisect.bisect_right(bounds, idx)].append(idx)
+                target = min(map(len, per)) if len(set(item.chunk)) == 1 else 0
+                keep.update(removed[idx] for seg in per for idx in seg[target:])
+            else:
+                groups, per_group = item.shuffle
+                for idx, owner in removed.items():
+                    k = idx % per_group
+                    if any(gi * per_group + k not in removed for gi in range(groups)):
+                        keep.add(owner)
+        return keep
+
+    def _run(self, kept: set[tuple[int, int]]) -> int:
         removed = 0
-        for items in self.analysis.plan:
+        for g, items in enumerate(self.analysis.plan):
             if not self._supported(items):
                 continue
             n = len(items[0].idxs)
             alive = self._alive_roots(items)
-            dead = [k for k in range(n) if k not in alive]
+            dead = [k for k in range(n) if k not in alive and (g, k) not in kept]
             if len(dead) == n:
                 dead = dead[1:]  # a layer needs at least one channel
             if not dead:
                 continue
             self._record(items, dead)
+            dead_set = set(dead)
+            for item in items:
+                if item.optype in _MAPPING_NAMES and not item.chunk:
+                    after = f", before {item.single_output}" if item.single_output else ""
+                    self.mapped[f"{item.node} ({item.op_name}{after})"] = None
+                if item.chunk or item.shuffle:
+                    seen = self.routed.setdefault(item.node, (item, {}))[1]
+                    pairs = zip(item.idxs, item.root_idxs)
+                    seen.update((i, (g, r)) for i, r in pairs if r in dead_set)
             removed += len(dead)
             logger.debug("removed %d channels of group rooted at %s", len(dead), items[0].name)
         return removed
@@ -300,6 +361,12 @@ class _Removal:
                 "attrs": attrs,
             }
         return {"format": HISTORY_FORMAT, "modules": entries}
+
+
+def _blame(model: nn.Module, removal: _Removal) -> str:
+    """Error prefix naming the model and the channel-mapping ops channels went through."""
+    ops = f" (channels removed through {', '.join(removal.mapped)})" if removal.mapped else ""
+    return f"speedup of model {type(model).__name__}{ops}: "
 
 
 def _bn_dead(bn: nn.Module) -> torch.Tensor:
@@ -431,7 +498,10 @@ def speedup_model(
         reference = forward(work, dummy_input)
     flags = {n: p.requires_grad for n, p in work.named_parameters()}
     removal = _Removal(work, analysis)
-    removed = removal.run()
+    try:
+        removed = removal.run()
+    except Exception as exc:  # an index torch-pruning mapped out of range
+        raise SpeedupError(f"{_blame(model, removal)}channel removal failed: {exc!r}") from exc
     history = removal.history()
     out_keeps, in_keeps = removal.keeps()
     rebuild_compact_model(work, history)
@@ -443,9 +513,14 @@ def speedup_model(
         with torch.no_grad():
             diff = _max_diff(reference, forward(work, dummy_input))
     except Exception as exc:  # a shape error means an unsupported coupling slipped through
-        raise SpeedupError(f"compact model failed on dummy_input: {exc!r}") from exc
+        raise SpeedupError(
+            f"{_blame(model, removal)}compact model failed on dummy_input: {exc!r}"
+        ) from exc
     if not diff <= atol:
-        raise SpeedupError(f"compact model output differs from masked model by {diff:.3g} > {atol}")
+        raise SpeedupError(
+            f"{_blame(model, removal)}compact model output differs from masked model by "
+            f"{diff:.3g} > {atol}"
+        )
     work.train(was_training)
 
     modules = dict(work.named_modules())

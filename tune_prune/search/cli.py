@@ -134,12 +134,14 @@ def _fmt_table(best: Any, limit: int = 10) -> str:
     if best is None or best.empty:
         return "  (no trial reported a result)"
     cols = ["trial_id", "status", "warm_start", "screen_trial_id", "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr",
-            "sparsity", "score", "test_score", "objective", "macs_ratio", "finetune_epochs_total"]
+            "sparsity", "score", "test_score", "objective", "macs_ratio", "latency_ms", "finetune_epochs_total"]
     cols = [c for c in cols if c in best.columns]
     view = best[cols].head(limit).copy()
     for c in ("sparsity", "score", "test_score", "objective", "macs_ratio"):
         if c in view:
             view[c] = view[c].map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
+    if "latency_ms" in view:
+        view["latency_ms"] = view["latency_ms"].map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)
     if "lr" in view:
         view["lr"] = view["lr"].map(lambda v: f"{v:.2g}" if isinstance(v, float) else v)
     return view.to_string(index=False)
@@ -192,8 +194,11 @@ def print_summary(out: Any) -> None:
     cfg = out.config
     exp = out.experiment_dir
     metric = "objective = val score at target sparsity" + (
-        f"; Pareto front vs {cfg.multi_objective}" if cfg.metric_mode_multi else ""
+        f"; Pareto front vs {cfg.cost_metric}" if cfg.metric_mode_multi else ""
     )
+    if cfg.multi_objective == "latency":
+        metric += (f" (median of {cfg.latency_repeats} forward passes, batch {cfg.latency_batch_size}, "
+                   f"{cfg.latency_threads} thread(s))")
     print()
     final = getattr(out, "final", None)
     if final is not None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tune_prune.errors import ConfigError
+from tune_prune.search import metrics as M
 from tune_prune.search.registry import (
     DEFAULT_PRUNERS,
     GENERATOR_NAMES,
@@ -41,6 +42,11 @@ DEFAULT_FINETUNE_BUDGET = 5.0
 #: weights and 0.23 at 98 %, yet the schedule it ranks first is within 0.2 points of the
 #: full budget's best of 16 on TEST; at 0.1 of the budget: 33 points below at 95 %).
 DEFAULT_SCREEN_FRACTION = 0.25
+#: With screening and no final_budget, the finalists get this many times finetune_budget:
+#: screening is cheap, so the schedule that wins it gets the long fine-tune (at 3x the
+#: search pays 1.7-2.7x its final schedule, and the longer final is what lets it match a
+#: hand schedule given everything it paid; experiments/headline measures both).
+DEFAULT_FINAL_BUDGET_FACTOR = 3.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 #: Database driver module -> the pip package that provides it (optuna_storage's hint).
 _DB_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
@@ -150,7 +156,8 @@ class SearchConfig(BaseModel):
         description="fraction of finetune_budget each searched schedule gets (screening); below 1 "
         "the best `finalists` schedules are run again at final_budget and the search picks among "
         "them on select_split. 1 = no screening: every trial gets the whole budget. The default "
-        "(0.25, 1 finalist + the warm start) pays at most 4 budgets for 8 trials instead of 8",
+        "(0.25 of 5 epochs, 1 finalist + the warm start at 3 x 5 epochs) pays 25-40 epochs for "
+        "8 trials, 1.7-2.7x the final schedule's 15",
     )
     finalists: int = Field(
         1, ge=1, description="with screen_fraction < 1: how many of the best screened schedules are "
@@ -158,7 +165,9 @@ class SearchConfig(BaseModel):
         "finalists as well, so the pick is never below them on select_split",
     )
     final_budget: float | None = Field(
-        None, gt=0.0, description="fine-tune epochs of each finalist's schedule (default: finetune_budget)",
+        None, gt=0.0, description="fine-tune epochs of each finalist's schedule (default: 3 x "
+        "finetune_budget when screening, so the screened winner gets the long fine-tune; "
+        "finetune_budget without screening)",
     )
     select_split: str = Field(
         "auto",
@@ -191,9 +200,25 @@ class SearchConfig(BaseModel):
         description="Optuna sampler: 'auto' = TPE, or NSGA-II with multi_objective; 'random' is "
         "the baseline a model-based search should beat",
     )
-    multi_objective: Literal["none", "macs", "params"] = Field(
-        "none", description="'none': maximise score at target; 'macs'/'params': Pareto front of "
-        "score vs that cost (NSGA-II)",
+    multi_objective: Literal["none", "macs", "params", "latency"] = Field(
+        "none", description="'none': maximise score at target; 'macs'/'params'/'latency': Pareto "
+        "front of score vs that cost (NSGA-II). 'latency' times every reported iteration's model "
+        "as it would be exported (channel pruning: the sped-up, physically smaller copy; weight "
+        "pruning: the masked model as is) and reports it as latency_ms (median ms of one "
+        "forward pass, minimised); see latency_batch_size, latency_threads, latency_repeats",
+    )
+    latency_batch_size: int = Field(
+        64, ge=1, description="with multi_objective 'latency' only: batch size of the timed forward "
+        "pass (the workload's dummy input repeated along dim 0)",
+    )
+    latency_threads: int = Field(
+        1, ge=1, description="with multi_objective 'latency' only: torch threads during the timing "
+        "(set for the measurement, restored after; keep it <= cpus_per_trial, or concurrent "
+        "trials oversubscribe the cores and the latencies are noise)",
+    )
+    latency_repeats: int = Field(
+        20, ge=1, description="with multi_objective 'latency' only: timed forward passes per "
+        "measurement (after 5 warm-up passes); latency_ms is their median",
     )
     deterministic: bool = Field(
         False,
@@ -516,11 +541,27 @@ class SearchConfig(BaseModel):
     @property
     def full_budget(self) -> float | None:
         """Fine-tune epochs of one finalist's schedule."""
-        return self.final_budget if self.final_budget is not None else self.finetune_budget
+        if self.final_budget is not None:
+            return self.final_budget
+        if self.screening and self.finetune_budget is not None:
+            return DEFAULT_FINAL_BUDGET_FACTOR * self.finetune_budget
+        return self.finetune_budget
 
     @property
     def metric_mode_multi(self) -> bool:
         return self.multi_objective != "none"
+
+    @property
+    def cost_metric(self) -> str | None:
+        """The reported cost column NSGA-II minimises ('latency' -> 'latency_ms'); None single-objective."""
+        return M.cost_metric(self.multi_objective)
+
+    def latency_settings(self) -> dict[str, int] | None:
+        """How trials time their models (multi_objective 'latency'); None otherwise."""
+        if self.multi_objective != "latency":
+            return None
+        return {"batch_size": self.latency_batch_size, "threads": self.latency_threads,
+                "repeats": self.latency_repeats}
 
     def resolved_baseline_cache(self) -> Path:
         """Absolute cache folder: trials run in other working directories."""

@@ -35,6 +35,12 @@ def simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None,
     if restore is not None:
         reporter.restore(restore)
     delay = float(fixed.get("dry_run_delay_s", 0.0))
+    latency = fixed.get("latency")  # multi_objective 'latency'
+    # Simulated latency: a dense forward pass of 0.05 ms per sample of the timed batch,
+    # scaled by the simulated MACs ratio, with a per-config +-10 % jitter (measured
+    # latencies are noisy, and it gives NSGA-II a front to find among trials at target).
+    dense_latency_ms = 0.05 * float(latency["batch_size"]) if latency else 0.0
+    jitter = 0.9 + 0.2 * (((h >> 12) % 1000) / 1000.0)
     for i in range(reporter.counters.iteration + 1, n + 1):
         s = target if curve is None else curve(target, i, n, trial)  # None: every task at the target
         epochs_cum = reporter.counters.finetune_epochs_cum + float(trial["finetune_epochs"])
@@ -45,6 +51,8 @@ def simulate(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | None,
             "params": 1e5 * (1 - s), "macs": 1e6 * (1 - 0.7 * s),
             "finetune_seconds": 0.0,
         }
+        if latency:
+            meas["latency_ms"] = dense_latency_ms * (meas["macs"] / dense["macs"]) * jitter
         if delay:
             time.sleep(delay)
         reporter.report(meas, None, schedule_done=i == n, planned=n)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ SPEC_METRIC_KEYS = (
     "score", "sparsity", "target_sparsity", "reached_target", "objective", "params", "macs",
     "params_ratio", "macs_ratio", "finetune_epochs_cum", "iteration", "trial_id", "task_id", "test_score",
 )
+#: Copied into the spec only when the search measured them (multi_objective 'latency'),
+#: with the settings they were measured under (latency is noisy).
+SPEC_LATENCY_KEYS = ("latency_ms", "latency_batch_size", "latency_threads", "latency_repeats")
 
 
 def _ranked_dirs(experiment: Path, trial_id: str | None) -> list[Path]:
@@ -107,6 +111,10 @@ def export_best(
     model, masks, history, meta = pruned.model, pruned.masks, pruned.history, pruned.meta
     spec_config = {k: meta[k] for k in SPEC_CONFIG_KEYS if k in meta}
     metrics = {k: meta.get(k, row.get(k)) for k in SPEC_METRIC_KEYS}
+    for k in SPEC_LATENCY_KEYS:
+        value = meta.get(k, row.get(k))
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            metrics[k] = value
     metrics.update(experiment=str(experiment), checkpoint=str(result.parent))
     out = export_model(
         out_dir, model, workload=config["workload"], workload_options=options, masks=masks,

@@ -35,7 +35,7 @@ COLUMNS = (
     "trial_id", "stage", "iteration", "planned_iterations", "schedule_done",
     "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "lr_schedule",
     "reset_weight", "warm_start", "score", "test_score", "sparsity", "reached_target",
-    "objective", "params", "macs", "finetune_epochs_cum", "time_total_s", "timestamp",
+    "objective", "params", "macs", "latency_ms", "finetune_epochs_cum", "time_total_s", "timestamp",
 )
 
 
@@ -60,14 +60,27 @@ class LiveTable(Callback):
         new = not self.path.exists() or self.path.stat().st_size == 0
         if new:
             writer.writerow(COLUMNS)
+            self._columns = COLUMNS
+        columns = getattr(self, "_columns", None) or self._header()
         row = {**(trial.config or {}), **result, "trial_id": trial.trial_id}
         finalist = (trial.config or {}).get("finalist")
         if isinstance(finalist, dict):
             row = {**finalist, **row}
-        writer.writerow([_cell(row.get(key)) for key in COLUMNS])
+        writer.writerow([_cell(row.get(key)) for key in columns])
         with open(self.path, "a", encoding="utf-8", newline="") as fh:
             fh.write(buffer.getvalue())  # one write per report: a reader never sees half a row's header
         full = {k: v for k, v in result.items() if k != "config"}  # the config is in params.json
         full["trial_id"] = trial.trial_id
         with open(self.reports, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(full, default=str) + "\n")
+
+    def _header(self) -> tuple[str, ...]:
+        """The columns of the file already there: a search resumed by a newer version
+        (with more COLUMNS) keeps appending rows that match the header it wrote."""
+        try:
+            with open(self.path, encoding="utf-8", newline="") as fh:
+                header = next(csv.reader(fh), None)
+        except OSError:
+            header = None
+        self._columns = tuple(header) if header else COLUMNS
+        return self._columns

@@ -24,6 +24,21 @@ PROGRESS = "progress"
 SCHEDULE_DONE = "schedule_done"
 FLOOR_MAX = -1.0
 FLOOR_MIN = 1e6
+#: ``multi_objective`` -> the reported (minimised) cost metric NSGA-II trades the objective
+#: against; ``latency`` is measured in milliseconds (search.schedule.export_latency_ms).
+COST_METRICS = {"macs": "macs", "params": "params", "latency": "latency_ms"}
+LATENCY = "latency_ms"
+
+
+def cost_metric(multi_objective: str | None) -> str | None:
+    """The reported cost column of ``multi_objective`` ('latency' -> 'latency_ms'); None for 'none'."""
+    if multi_objective in (None, "none"):
+        return None
+    try:
+        return COST_METRICS[multi_objective]
+    except KeyError:
+        raise ValueError(f"multi_objective must be one of {['none', *COST_METRICS]}, "
+                         f"got {multi_objective!r}") from None
 
 
 def reached(sparsity: float, target: float, tolerance: float) -> bool:

@@ -196,7 +196,8 @@ def event_line(trial_id: str, result: dict[str, Any]) -> str:
         f"sparsity {result.get('sparsity', float('nan')):.3f} "
         f"score {result.get('score', float('nan')):.4f} "
         f"objective {result.get('objective', float('nan')):.4f}"
-        f"{'  [done]' if result.get(M.SCHEDULE_DONE) else ''}"
+        + (f" latency {result[M.LATENCY]:.3g} ms" if isinstance(result.get(M.LATENCY), int | float) else "")
+        + f"{'  [done]' if result.get(M.SCHEDULE_DONE) else ''}"
     )
 
 

@@ -119,6 +119,10 @@ class Reporter:
             "pruner": self.trial["pruner"],
             "mode": self.trial["mode"],
         }
+        latency = self.fixed.get("latency")
+        if latency:  # multi_objective 'latency': the cost, and how it was measured (it is noisy)
+            out[M.LATENCY] = _number(meas.get(M.LATENCY))
+            out.update({f"latency_{k}": int(v) for k, v in latency.items()})
         return out
 
     def report(

@@ -11,8 +11,9 @@ Files written into the experiment folder:
   (complete / stopped / error), total fine-tune epochs, the checkpoint of its best
   iteration (``best_checkpoint``, with that model under ``result/``) and its latest one;
 * ``pareto_front.csv`` (multi-objective mode): trials at target that no other trial
-  beats in both score and cost;
-* ``score_vs_sparsity.png``, ``pareto_score_vs_macs.png``;
+  beats in both score and cost (``macs``, ``params`` or, for 'latency', ``latency_ms``);
+* ``score_vs_sparsity.png``, ``pareto_score_vs_macs.png`` (and ``pareto_score_vs_<cost>.png``
+  with the front when the cost is not MACs);
 * ``tensorboard/<trial_id>/``: per-trial scalars against the iteration and against the
   sparsity (step = sparsity in permille); Tune's own event files sit in each trial folder;
 * ``summary.json``: the best trial, its config, checkpoint and where every file is.
@@ -321,7 +322,10 @@ def pareto_front(best: pd.DataFrame, cost: str = "macs", higher_is_better: bool 
     return cand.loc[keep].sort_values(cost).reset_index(drop=True)
 
 
-def _plots(exp: Path, table: pd.DataFrame, best: pd.DataFrame, front: pd.DataFrame, cfg: dict[str, Any]) -> list[Path]:
+def _plots(exp: Path, table: pd.DataFrame, best: pd.DataFrame, front: pd.DataFrame, cfg: dict[str, Any],
+           cost: str = "macs") -> list[Path]:
+    """score vs sparsity per trial; each trial's best row vs MACs and, when the front is
+    on another cost (params, latency_ms), vs that cost: the front is drawn on its own axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,24 +351,26 @@ def _plots(exp: Path, table: pd.DataFrame, best: pd.DataFrame, front: pd.DataFra
     plt.close(fig)
     out.append(p)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
     reached = best[best["reached_target"].eq(True)] if not best.empty else best
     missed = best[~best["reached_target"].eq(True)] if not best.empty else best
-    ax.scatter(reached["macs"], reached["score"], label="at target", s=20)
-    if not missed.empty:
-        ax.scatter(missed["macs"], missed["score"], label="below target", s=20, marker="x")
-    if not front.empty:
-        f = front.sort_values("macs")
-        ax.plot(f["macs"], f["score"], color="r", lw=1.2, marker="o", label="Pareto front")
-    ax.set_xlabel("MACs")
-    ax.set_ylabel("score (val)")
-    ax.set_title("best iteration per trial")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = exp / "pareto_score_vs_macs.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    out.append(p)
+    axes = ["macs"] + ([cost] if cost != "macs" and cost in best.columns else [])
+    for x in axes:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        ax.scatter(reached[x], reached["score"], label="at target", s=20)
+        if not missed.empty:
+            ax.scatter(missed[x], missed["score"], label="below target", s=20, marker="x")
+        if not front.empty and x == cost:
+            f = front.sort_values(x)
+            ax.plot(f[x], f["score"], color="r", lw=1.2, marker="o", label="Pareto front")
+        ax.set_xlabel({"macs": "MACs", "latency_ms": "latency (ms)"}.get(x, x))
+        ax.set_ylabel("score (val)")
+        ax.set_title("best iteration per trial")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = exp / f"pareto_score_vs_{x}.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        out.append(p)
     return out
 
 
@@ -379,7 +385,8 @@ def _tensorboard(exp: Path, table: pd.DataFrame) -> Path | None:
         with SummaryWriter(str(root / str(tid))) as w:
             for _, r in g.sort_values("iteration").iterrows():
                 step = int(r["iteration"])
-                for key in ("score", "sparsity", "objective", "progress", "finetune_epochs_cum", "macs", "params"):
+                for key in ("score", "sparsity", "objective", "progress", "finetune_epochs_cum", "macs", "params",
+                            M.LATENCY):
                     if key in r and isinstance(r[key], int | float) and math.isfinite(float(r[key])):
                         w.add_scalar(f"by_iteration/{key}", float(r[key]), step)
                 if math.isfinite(float(r["sparsity"])) and math.isfinite(float(r["score"])):
@@ -398,7 +405,8 @@ def write_results(
     if not failed.empty:  # ranked last: no objective
         best = pd.concat([best, failed.reindex(columns=best.columns)], ignore_index=True)
     cost = cfg.get("multi_objective", "none")
-    front = pareto_front(best, "macs" if cost in ("none", None) else cost, higher_is_better)
+    # the reported cost column: 'latency' is reported as latency_ms
+    front = pareto_front(best, M.cost_metric(cost) or "macs", higher_is_better)
     files = ResultFiles(exp, exp / "trials.csv", exp / "trials.parquet", exp / "best_per_trial.csv", None)
     table.to_csv(files.trials_csv, index=False)
     try:
@@ -411,7 +419,7 @@ def write_results(
         files.pareto_csv = exp / "pareto_front.csv"
         front.to_csv(files.pareto_csv, index=False)
     if not table.empty:
-        files.plots = _plots(exp, table, best, front, cfg)
+        files.plots = _plots(exp, table, best, front, cfg, M.cost_metric(cost) or "macs")
         files.tensorboard_dir = _tensorboard(exp, table)
     summary = {
         "experiment_dir": str(exp),

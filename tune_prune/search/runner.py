@@ -371,6 +371,8 @@ def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, 
         "test_split": cfg.test_split,
         # the user's weights every trial starts from (schedule._run_pruning applies them)
         "pretrained": cfg.pretrained,
+        # multi_objective 'latency': how each reported model is timed (None: not timed)
+        "latency": cfg.latency_settings(),
     }
 
 
@@ -647,7 +649,7 @@ def run_search(
         else:
             mode = "max" if higher else "min"
             if cfg.metric_mode_multi:
-                metric: Any = ["objective", cfg.multi_objective]
+                metric: Any = ["objective", cfg.cost_metric]  # 'latency' -> 'latency_ms'
                 modes: Any = [mode, "min"]
             else:
                 metric, modes = M.SEARCH_METRIC, mode

@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tune_prune.pruning.measure import count_macs, count_params
+from tune_prune.errors import SpeedupError, WorkloadError
+from tune_prune.pruning.measure import count_macs, count_params, measure_latency, repeat_batch
 from tune_prune.pruning.scheduler import PruningScheduler
+from tune_prune.pruning.speedup import speedup_model
 from tune_prune.search import build
 from tune_prune.search.dry_run import simulate
 from tune_prune.search.faults import fault_hook
@@ -124,13 +126,21 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
         fault_hook(reporter.counters.iteration + 1)
         base_finetuner(model)
 
+    latency = fixed.get("latency")  # multi_objective 'latency': {batch_size, threads, repeats}
+
     def on_iteration(task_result: Any, measurements: dict[str, Any]) -> None:
         # A ticket trial (reset_weight) ends with one more row: the scheduler's retrained
         # last ticket, the one at the target (tickets are scored untrained, NNI's order).
         retrained = bool(measurements.get("retrained_ticket"))
         done = retrained or ((not reset_weight) and build.schedule_finished(generator, measurements))
+        extra: dict[str, Any] = {"test_score": evaluator.take_test()}
+        if latency:
+            extra["latency_ms"] = export_latency_ms(
+                task_result.compact_model, task_result.compact_model_masks, dummy, fixed["sparsity_kind"],
+                **latency,
+            )
         reporter.report(
-            {**measurements, "test_score": evaluator.take_test()}, scheduler.save_state, schedule_done=done,
+            {**measurements, **extra}, scheduler.save_state, schedule_done=done,
             planned=build.planned_iterations(generator, reset_weight),
             model=task_result.compact_model, masks=task_result.compact_model_masks,
         )
@@ -153,6 +163,41 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
         scheduler.compress()
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def export_latency_ms(
+    model: torch.nn.Module, masks: Any, dummy_input: Any, sparsity_kind: str, *,
+    batch_size: int, threads: int, repeats: int,
+) -> float:
+    """Latency (median ms of one forward pass) of ``model`` as it would be exported.
+
+    Channel pruning: a sped-up copy with the dead channels physically removed
+    (:func:`~tune_prune.pruning.speedup.speedup_model` copies; ``model`` is not changed),
+    or ``model`` itself when its masks hold no zero (already sped up); if the speedup
+    fails the masked model is timed, with a warning. Weight pruning: the masked model as
+    is (dense kernels: unstructured zeros cost the same time). The input is the
+    workload's ``dummy_input`` repeated along dim 0 to ``batch_size``; torch runs
+    ``threads`` threads during the timing only (:func:`measure_latency` restores the
+    count), ``repeats`` timed passes after 5 warm-up passes. A measurement that fails is
+    a WorkloadError naming the settings (the trial fails rather than report no cost).
+    """
+    timed = model
+    if sparsity_kind == "channels" and masks and any(
+        bool((t == 0).any()) for entry in masks.values() for t in entry.values()
+    ):
+        try:
+            timed = speedup_model(model, masks, dummy_input)[0]
+        except SpeedupError as exc:
+            logger.warning("latency: speedup failed (%s); timing the masked model", exc)
+    try:
+        seconds = measure_latency(timed, repeat_batch(dummy_input, batch_size), repeats=repeats,
+                                  threads=threads)
+    except Exception as exc:
+        raise WorkloadError(
+            f"measuring latency (latency_batch_size={batch_size}, latency_threads={threads}, "
+            f"latency_repeats={repeats}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return 1000.0 * float(seconds)
 
 
 class _ScoreWithTest:

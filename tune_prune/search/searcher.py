@@ -78,6 +78,7 @@ USER_ATTRS = (
     "reached_target",
     "params",
     "macs",
+    "latency_ms",
     "finetune_epochs_cum",
     "iteration",
     "training_iteration",
