@@ -227,3 +227,17 @@ def test_warm_start_tables_in_toml(tmp_path: Path) -> None:
     p.write_text('warm_start = ["one_shot", { generator = "agp", total_iteration = 3, lr = 0.01 }]\n')
     cfg = SearchConfig.from_toml(p)
     assert cfg.warm_start[1] == {"generator": "agp", "total_iteration": 3, "lr": 0.01}
+
+
+def test_default_tolerance_scales_with_what_the_target_leaves() -> None:
+    """A fixed 0.02 let AGP's second-to-last step (96.5 %) count as 98 % of weights."""
+    from tune_prune.search.metrics import reached
+    from tune_prune.search.runner import fixed_config
+
+    at98 = SearchConfig.create(target_sparsity=0.98)
+    assert at98.sparsity_tolerance is None and at98.tolerance == pytest.approx(0.001)
+    assert fixed_config(at98)["sparsity_tolerance"] == pytest.approx(0.001)
+    assert reached(0.9798, 0.98, at98.tolerance) and not reached(0.9647, 0.98, at98.tolerance)
+    assert SearchConfig.create(target_sparsity=0.5).tolerance == pytest.approx(0.025)
+    assert SearchConfig.create(sparsity_kind="channels", target_sparsity=0.5).tolerance == 0.02
+    assert SearchConfig.create(target_sparsity=0.98, sparsity_tolerance=0.02).tolerance == 0.02

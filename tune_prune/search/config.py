@@ -47,6 +47,11 @@ DEFAULT_SCREEN_FRACTION = 0.25
 #: search pays 1.7-2.7x its final schedule, and the longer final is what lets it match a
 #: hand schedule given everything it paid; experiments/headline measures both).
 DEFAULT_FINAL_BUDGET_FACTOR = 3.0
+#: Default sparsity tolerance: for weights a share of what the target leaves (a fixed
+#: 0.02 let AGP's second-to-last step, 96.5 %, count as 98 %: 75 % more weights), for
+#: channels an absolute one (per-layer rounding).
+WEIGHTS_TOLERANCE_SHARE = 0.05
+CHANNELS_TOLERANCE = 0.02
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 #: Database driver module -> the pip package that provides it (optuna_storage's hint).
 _DB_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
@@ -80,11 +85,14 @@ class SearchConfig(BaseModel):
     target_sparsity: float = Field(
         0.8, gt=0.0, lt=1.0, description="sparsity every schedule must reach, in (0, 1)"
     )
-    sparsity_tolerance: float = Field(
-        0.02,
+    sparsity_tolerance: float | None = Field(
+        None,
         ge=0.0,
         lt=0.5,
-        description="a trial counts as at target when its sparsity >= target - tolerance",
+        description="a trial counts as at target when its sparsity >= target - tolerance. "
+        "Default: 5 % of what the target leaves for weights (0.05 x (1 - target): at 98 % a "
+        "trial must keep at most 2.1 % of the weights, not the 4 % a fixed 0.02 allowed), "
+        "0.02 for channels (per-layer rounding; widened to the rounding slack per trial)",
     )
     sparsity_kind: Literal["weights", "channels"] = Field(
         "weights", description="'weights': fine-grained level pruner; 'channels': filter pruners"
@@ -527,6 +535,15 @@ class SearchConfig(BaseModel):
     def allowed_pruners(self) -> list[str]:
         """Pruners the space chooses from: the explicit list or the kind's default."""
         return list(self.pruners) if self.pruners else list(DEFAULT_PRUNERS[self.sparsity_kind])
+
+    @property
+    def tolerance(self) -> float:
+        """The sparsity tolerance in force: the explicit one or the kind's default."""
+        if self.sparsity_tolerance is not None:
+            return self.sparsity_tolerance
+        if self.sparsity_kind == "weights":
+            return WEIGHTS_TOLERANCE_SHARE * (1.0 - self.target_sparsity)
+        return CHANNELS_TOLERANCE
 
     @property
     def screening(self) -> bool:
