@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from experiments.lottery_ticket.run import main as lottery_main
 from experiments.overhead.run import main as overhead_main
 from experiments.speedup.run import main as speedup_main
@@ -95,7 +97,8 @@ def test_headline_quick(tmp_path: Path) -> None:
         assert {(hand, "final"), (hand, "paid")} <= methods
     paid = {(r[1], r[2]): float(r[8]) for r in rows}
     # the search's defaults (here: 2 trials at a quarter of a 0.5-epoch budget, then the
-    # best one and the best warm start at the whole budget)
-    assert paid[("search (defaults)", "–")] <= 2 * 0.125 + 2 * 0.5 + 1e-9
-    assert paid[("one-shot", "paid")] == 2 * 0.125 + 0.5 and paid[("one-shot", "final")] == 0.5
+    # best one and the best warm start at 3x the budget); the hand rows get what it paid
+    searched = paid[("search (defaults)", "–")]
+    assert 2 * 0.125 + 1.5 - 1e-9 <= searched <= 2 * 0.125 + 2 * 1.5 + 1e-9
+    assert paid[("one-shot", "paid")] == pytest.approx(searched) and paid[("one-shot", "final")] == 1.5
     assert "search (defaults) − NNI default" in text
