@@ -6,6 +6,8 @@ running statistics are randomised so that eval-mode BN is not the identity.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -179,3 +181,14 @@ def dummy_input(name: str, seed: int = 0) -> torch.Tensor:
 
 
 MODEL_NAMES = ("residual", "concat", "depthwise", "mlp")
+
+
+def masked_reference(model: nn.Module, masks: dict) -> nn.Module:
+    """The reference masked model (a copy in eval mode): weights multiplied by their masks."""
+    ref = copy.deepcopy(model)
+    mods = dict(ref.named_modules())
+    with torch.no_grad():
+        for name, entry in masks.items():
+            for p, m in entry.items():
+                getattr(mods[name], p).mul_(m)
+    return ref.eval()

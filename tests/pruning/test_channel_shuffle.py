@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tests.pruning.models import _randomise_bn
+from tests.pruning.models import masked_reference as _masked
 from tune_prune.errors import SpeedupError
 from tune_prune.pruning.dependency import channel_groups, clear_analysis_cache
 from tune_prune.pruning.measure import count_macs
@@ -102,14 +103,6 @@ def _build(seed: int = 0, **kwargs) -> nn.Module:
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def _masked(model, masks):
-    ref = copy.deepcopy(model)
-    mods = dict(ref.named_modules())
-    with torch.no_grad():
-        for name, entry in masks.items():
-            for p, m in entry.items():
-                getattr(mods[name], p).mul_(m)
-    return ref.eval()
 
 
 def _assert_same_function(model, compact, masks, x):

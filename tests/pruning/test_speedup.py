@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tests.pruning.models import MODEL_NAMES, build, dummy_input
+from tests.pruning.models import masked_reference as _masked
 from tune_prune.errors import SpeedupError
 from tune_prune.pruning.dependency import channel_groups
 from tune_prune.pruning.speedup import (
@@ -21,15 +22,6 @@ from tune_prune.pruning.speedup import (
 TOL = 1e-5
 
 
-def _masked(model, masks):
-    """The reference masked model: weights multiplied by their masks."""
-    ref = copy.deepcopy(model)
-    mods = dict(ref.named_modules())
-    with torch.no_grad():
-        for name, entry in masks.items():
-            for p, m in entry.items():
-                getattr(mods[name], p).mul_(m)
-    return ref.eval()
 
 
 def _row_mask(module, idx):
