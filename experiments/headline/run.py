@@ -163,6 +163,8 @@ def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog=MODULE, description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="digits")
+    parser.add_argument("--workload-option", action="append", default=[], metavar="KEY=JSON",
+                        help="get_workload keyword for every run, e.g. width=100 (MNIST-1D's conv width)")
     parser.add_argument("--targets", nargs="+", default=["w0.95", "w0.98"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3],
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> str:
     from tune_prune.search.runner import fixed_config
     from tune_prune.workloads import get_workload, load_or_train_baseline
 
-    options: dict[str, Any] = {"device": "cpu"}
+    options: dict[str, Any] = {"device": "cpu",
+                               **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.workload_option)}}
     search_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.search_option)}
     if args.quick:
         args.seeds, args.lrs, args.searches = args.seeds[:1], args.lrs[:1], args.searches[:1]
