@@ -211,6 +211,19 @@ def test_every_non_sa_schedule_round_trips_through_warm_start(kind: str) -> None
     assert checked > 40
 
 
+def test_an_annealing_warm_start_is_proposed_with_its_length() -> None:
+    """total_iteration n of a simulated-annealing warm start = n - 1 cool-downs (its length
+    comes from its temperatures); the rest of its parameters are sampled."""
+    cfg = SearchConfig.create(target_sparsity=0.98, warm_start=[])
+    schedule = {"generator": "simulated_annealing", "pruner": "level", "mode": "normal", "total_iteration": 3,
+                "lr": 0.1}
+    (params,) = warm_start_points(cfg.updated(warm_start=[schedule]))
+    assert params["sa_cool_downs"] == 2 and "total_iteration" not in params
+    config = _ask_with(cfg, params)
+    assert (config["generator"], config["mode"], config["total_iteration"], config["lr"]) == (
+        "simulated_annealing", "normal", 3, 0.1)
+
+
 def test_presets_are_in_the_space_and_say_what_they_are() -> None:
     weights = SearchConfig.create(warm_start=["one_shot"])
     one_shot = _ask_with(weights, warm_start_points(weights)[0])

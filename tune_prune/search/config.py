@@ -154,7 +154,8 @@ class SearchConfig(BaseModel):
         "'one_shot_lrs' (the default: one_shot at three lrs, the centre and a third of the way "
         "from either end, in log lr), or a schedule in trial-config keys (TOML "
         "table or JSON, e.g. '{\"generator\": \"agp\", \"total_iteration\": 3}'; left-out keys "
-        "are sampled). Each counts as one of num_samples. 'none' for no warm start",
+        "are sampled; a simulated_annealing schedule's total_iteration is its task count, one plus "
+        "its cool-downs). Each counts as one of num_samples. 'none' for no warm start",
     )
     # ---- multi-fidelity: screen schedules on a fraction of the budget, confirm the best
     screen_fraction: float = Field(

@@ -140,18 +140,20 @@ def _schedule_params(schedule: dict[str, Any], cfg: SearchConfig) -> dict[str, A
 
     generator = choice("generator", cfg.generators) if "generator" in schedule else None
     spec = generator_spec(generator) if generator is not None else None
-    if spec is not None and spec.length != "iterations":
-        fixed = [name for name, s in GENERATORS.items() if s.length == "iterations"]
-        raise ValueError(f"a {generator} schedule cannot be given (its length comes from "
-                         f"its own parameters); use one of {fixed}")
+    annealing = spec is not None and spec.length == "annealing"
     pruner = choice("pruner", cfg.allowed_pruners) if "pruner" in schedule else None
     if "mode" in schedule:
         if pruner is None:
             raise ValueError("'mode' needs 'pruner' (the modes differ per pruner)")
-        modes = PRUNER_MODES[pruner]
-        choice("mode", modes, f"mode__{pruner}")
-        if len(modes) == 1:
-            params.pop(f"mode__{pruner}")
+        if annealing:  # one allocation per layer: 'normal' only, not a searched parameter
+            if schedule["mode"] != "normal":
+                raise ValueError(f"mode={schedule['mode']!r}: {generator} searches its own per-layer "
+                                 "allocation, so its only mode is 'normal'")
+        else:
+            modes = PRUNER_MODES[pruner]
+            choice("mode", modes, f"mode__{pruner}")
+            if len(modes) == 1:
+                params.pop(f"mode__{pruner}")
     given = [key for key in CHANNEL_PARAMS if key in schedule]
     if given:
         pruners = [pruner] if pruner is not None else list(cfg.allowed_pruners)
@@ -166,7 +168,13 @@ def _schedule_params(schedule: dict[str, Any], cfg: SearchConfig) -> dict[str, A
             choice(key, searched[key])
             if len(searched[key]) == 1:
                 params.pop(key)  # fixed for every channel trial: not an Optuna parameter
-    if "total_iteration" in schedule:
+    if "total_iteration" in schedule and annealing:
+        # annealing's length is one task plus one per cool-down (space.define_space): the
+        # space searches the cool-downs, so total_iteration n enqueues n - 1 of them
+        lo, hi = max(1, cfg.min_iterations - 1) + 1, max(1, cfg.max_iterations - 1) + 1
+        number("total_iteration", lo, hi, integer=True)
+        params["sa_cool_downs"] = params.pop("total_iteration") - 1
+    elif "total_iteration" in schedule:
         number("total_iteration", cfg.min_iterations, cfg.max_iterations, integer=True)
     reset = schedule.get("reset_weight")
     if "reset_weight" in schedule:
