@@ -277,3 +277,14 @@ def test_one_shot_lrs_is_one_shot_at_three_lrs_in_the_range() -> None:
         assert {k: v for k, v in s.items() if k != "lr"} == {k: v for k, v in one_shot.items() if k != "lr"}
     rewinding = SearchConfig.create(lr_schedules=["rewind"])
     assert len(warm_start_points(rewinding)) == 1  # no lr to vary
+
+
+def test_annealing_preset_is_a_three_task_annealing_schedule() -> None:
+    cfg = SearchConfig.create(target_sparsity=0.98, warm_start=["one_shot_lrs", "annealing"])
+    points = warm_start_points(cfg)
+    assert len(points) == 4
+    config = _ask_with(cfg, points[-1])
+    assert (config["generator"], config["mode"], config["total_iteration"]) == ("simulated_annealing", "normal", 3)
+    assert config["lr"] == pytest.approx(math.sqrt(cfg.lr_min * cfg.lr_max))
+    with pytest.raises(ConfigError, match="needs max_iterations >= 3"):
+        SearchConfig.create(warm_start=["annealing"], max_iterations=2)
