@@ -12,6 +12,7 @@ import optuna
 import pytest
 
 from tests.pruning.models import build
+from tests.search.space_helpers import sample_space
 from tune_prune.pruning import L1NormPruner, LevelPruner
 from tune_prune.search import build as B
 from tune_prune.search.config import SearchConfig
@@ -36,15 +37,8 @@ class _Cfg:
         return getattr(self._cfg, name)
 
 
-def _sample(cfg: Any, n: int = 40, seed: int = 1) -> list[tuple[dict, dict]]:
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        config = define_space(trial, cfg)
-        out.append((dict(trial.params), config))
-        study.tell(trial, 0.5)
-    return out
+def _sample(cfg: Any, n: int = 40) -> list[tuple[dict, dict]]:
+    return sample_space(cfg, n)
 
 
 def test_only_channel_pruners_take_the_options() -> None:

@@ -7,6 +7,7 @@ import math
 import optuna
 import pytest
 
+from tests.search.space_helpers import sample_space
 from tune_prune.errors import ConfigError
 from tune_prune.search.config import SearchConfig
 from tune_prune.search.space import (
@@ -25,15 +26,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _sample(cfg: SearchConfig, n: int = 60) -> list[tuple[dict, dict]]:
-    """(raw Optuna params, normalised config) of n asked trials."""
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        config = define_space(trial, cfg)
-        out.append((dict(trial.params), config))
-        study.tell(trial, 0.5)
-    return out
+    return sample_space(cfg, n)
 
 
 def test_conditional_parameters_weights() -> None:

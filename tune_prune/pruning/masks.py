@@ -97,6 +97,11 @@ def check_masks(
     return modules
 
 
+def has_zeros(masks: Masks) -> bool:
+    """Whether any mask prunes anything (an all-ones mask set leaves nothing to remove)."""
+    return any(bool((m == 0).any()) for per in masks.values() for m in per.values())
+
+
 def is_wrapped(model: nn.Module) -> bool:
     """True when any submodule of ``model`` carries masks."""
     return any(hasattr(m, _MASKS_ATTR) for m in model.modules())

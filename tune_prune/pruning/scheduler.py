@@ -57,7 +57,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from tune_prune.atomic import atomic_dir, recover_dir, write_file
 from tune_prune.errors import ConfigError
 from tune_prune.pruning.config import resolve_config_list
-from tune_prune.pruning.masks import apply_masks, merge_masks, unwrap_model, wrap_model
+from tune_prune.pruning.masks import apply_masks, has_zeros, merge_masks, unwrap_model, wrap_model
 from tune_prune.pruning.measure import count_macs, count_params
 from tune_prune.pruning.speedup import speedup_model
 from tune_prune.pruning.tools._io import (
@@ -88,10 +88,6 @@ _STATE_FORMAT = "tune_prune.scheduler/1"
 
 def _state_complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in ("scheduler.json", "generator.json", "tensors.pth"))
-
-
-def _has_zeros(masks: Masks) -> bool:
-    return any(bool((m == 0).any()) for per in masks.values() for m in per.values())
 
 
 class PruningScheduler:
@@ -231,7 +227,7 @@ class PruningScheduler:
         return TaskResult(task.task_id, compact_model, compact_masks, generated, score)
 
     def _speedup(self, model: nn.Module, masks: Masks) -> tuple[nn.Module, Masks]:
-        if not _has_zeros(masks):
+        if not has_zeros(masks):
             return model, {}
         compact, remaining, history = speedup_model(model, masks, self.dummy_input)
         previous = model_history(model)

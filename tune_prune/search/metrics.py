@@ -26,8 +26,8 @@ FLOOR_MAX = -1.0
 FLOOR_MIN = 1e6
 #: ``multi_objective`` -> the reported (minimised) cost metric NSGA-II trades the objective
 #: against; ``latency`` is measured in milliseconds (search.schedule.export_latency_ms).
-COST_METRICS = {"macs": "macs", "params": "params", "latency": "latency_ms"}
 LATENCY = "latency_ms"
+COST_METRICS = {"macs": "macs", "params": "params", "latency": LATENCY}
 
 
 def cost_metric(multi_objective: str | None) -> str | None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from tune_prune.errors import SpeedupError, WorkloadError
+from tune_prune.pruning.masks import has_zeros
 from tune_prune.pruning.measure import count_macs, count_params, measure_latency, repeat_batch
 from tune_prune.pruning.scheduler import PruningScheduler
 from tune_prune.pruning.speedup import speedup_model
@@ -182,9 +183,7 @@ def export_latency_ms(
     a WorkloadError naming the settings (the trial fails rather than report no cost).
     """
     timed = model
-    if sparsity_kind == "channels" and masks and any(
-        bool((t == 0).any()) for entry in masks.values() for t in entry.values()
-    ):
+    if sparsity_kind == "channels" and masks and has_zeros(masks):
         try:
             timed = speedup_model(model, masks, dummy_input)[0]
         except SpeedupError as exc:
