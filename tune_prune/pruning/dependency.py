@@ -40,6 +40,7 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import threading
@@ -100,6 +101,9 @@ class ChannelGroup:
 
     def __post_init__(self) -> None:
         for name, idx in self.members.items():
+            if len(set(idx)) == len(idx):  # the usual case: one channel per group channel
+                self._inverse[name] = {g: [k] for k, g in enumerate(idx)}
+                continue
             inverse: dict[int, list[int]] = {}
             for k, g in enumerate(idx):  # several channels of one layer may be coupled
                 inverse.setdefault(g, []).append(k)
@@ -300,13 +304,18 @@ def traced_graph(
 ) -> Iterator[tp.DependencyGraph]:
     """Build a torch-pruning DependencyGraph, restoring train mode and requires_grad after.
 
+    The graph is only usable inside the block: it is dismantled on exit (:func:`_release`).
+
     Tracing relies on autograd, so every parameter must require grad while it runs;
-    torch-pruning also switches the model to eval mode.
+    torch-pruning also switches the model to eval mode. (Only the frozen parameters are
+    touched, and an eval-mode model is not walked again once traced: this runs on every
+    first call for an architecture.)
     """
     was_training = model.training
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    traced = False
     try:
-        for p in model.parameters():
+        for p in frozen:
             p.requires_grad_(True)
         with torch.enable_grad():
             try:
@@ -318,12 +327,29 @@ def traced_graph(
                     f"dependency tracing failed for model {type(model).__name__}"
                     f"{_failed_node(exc)}: {exc!r}"
                 ) from exc
+        traced = True
         yield graph
     finally:
-        for n, p in model.named_parameters():
-            if n in flags:
-                p.requires_grad_(flags[n])
-        model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(False)
+        if was_training or not traced:  # a finished trace left every module in eval mode
+            model.train(was_training)
+        if traced:
+            _release(graph)
+
+
+def _release(graph: tp.DependencyGraph) -> None:
+    """Break the graph's node <-> node and node <-> dependency reference cycles.
+
+    Reference counting then frees the graph when the analysis drops it. Left to the
+    cyclic garbage collector, its thousands of objects outlive a few collections, get
+    promoted and are only freed by a (whole-heap) generation-2 collection that a later
+    call pays for.
+    """
+    for node in graph.module2node.values():
+        node.inputs.clear()
+        node.outputs.clear()
+        node.dependencies.clear()
 
 
 def output_modules(model: nn.Module, dummy_input: Any) -> set[str]:
@@ -347,6 +373,30 @@ class _UnionFind:
         return x
 
     def union(self, a: Any, b: Any) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+class _IndexUnionFind:
+    """Union-find over the integers 0..n-1 (a list, not a dict of tuples: every channel of
+    every layer is an element, so this runs once per channel on every first trace)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def add(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[rb] = ra
@@ -379,8 +429,9 @@ class PlanItem:
     tensor outside the graph (model input, buffer, constant); ``op_name``: the autograd
     function's lower-case name (element-wise ops); ``single_output``: the module name
     of the node's only consumer node, when it has exactly one; ``node``: torch-pruning's
-    node name; ``chunk``: the segment sizes of a ``chunk``/``split(int)`` along channels;
-    ``shuffle``: (groups, channels per group) of a channel shuffle's input node.
+    node name (a module's: its ``name``); ``chunk``: the segment sizes of a
+    ``chunk``/``split(int)`` along channels; ``shuffle``: (groups, channels per group) of
+    a channel shuffle's input node.
     """
 
     optype: str
@@ -439,16 +490,22 @@ def _token(value: Any, depth: int = 0) -> Any:
     """A hashable, value-based stand-in for a module attribute (structure, not weights)."""
     if type(value) in _PLAIN:
         return value
+    if (
+        isinstance(value, (tuple, list))
+        and not isinstance(value, torch.Size)
+        and depth < 3
+        and len(value) <= 256
+    ):  # first, plain items inline: kernel sizes, strides and paddings are most attributes
+        items = [v if type(v) in _PLAIN else _token(v, depth + 1) for v in value]
+        return (type(value).__name__, tuple(items))
     if isinstance(value, torch.Tensor):
         return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
     if isinstance(value, (torch.dtype, torch.device, torch.Size)):
         return str(value)
-    if depth < 3 and isinstance(value, (tuple, list)) and len(value) <= 256:
-        return (type(value).__name__, tuple(_token(v, depth + 1) for v in value))
-    if depth < 3 and isinstance(value, Mapping) and len(value) <= 256:
-        return ("map", tuple((repr(k), _token(v, depth + 1)) for k, v in value.items()))
     if depth < 3 and isinstance(value, (set, frozenset)) and len(value) <= 256:
         return ("set", tuple(sorted(repr(_token(v, depth + 1)) for v in value)))
+    if depth < 3 and isinstance(value, Mapping) and len(value) <= 256:
+        return ("map", tuple((repr(k), _token(v, depth + 1)) for k, v in value.items()))
     if isinstance(value, (bool, int, float, str)):  # subclasses (enums, ...)
         return (_qualname(type(value)), repr(value))
     if callable(value):
@@ -462,18 +519,32 @@ _MASK_HOOK = "tune_prune.pruning.masks._forward_pre_hook"
 _MASK_ATTR_PREFIX = "_tune_prune_"
 
 
+#: Tokens of empty containers (no per-attribute call for the common case).
+_EMPTY = {t: ("empty", t.__name__) for t in (dict, OrderedDict, set, list, tuple)}
+
+
 def _module_token(m: nn.Module) -> tuple[Any, ...]:
+    """Computed for every module on every :func:`analyse` call (twice per prune + speedup,
+    cached or not), so the common cases are inline: plain values, and the empty hook
+    dicts that are most of an ``nn.Module``'s own attributes."""
     attrs = []
     for k, v in vars(m).items():
-        if k in _SKIP_ATTRS or k.startswith(_MASK_ATTR_PREFIX):
+        if k in _SKIP_ATTRS:
             continue
-        if "hooks" in k and isinstance(v, Mapping):
+        t = type(v)
+        if t in _PLAIN:
+            attrs.append((k, v))
+        elif k.startswith(_MASK_ATTR_PREFIX):
+            continue
+        elif not v and t in _EMPTY:  # hooks: as a dict holding only mask hooks (below)
+            attrs.append((k, () if "hooks" in k else _EMPTY[t]))
+        elif "hooks" in k and isinstance(v, Mapping):
             # keyed by handle ids, which change with every registration: values only
-            hooks = tuple(t for t in (_token(h) for h in v.values()) if t != ("callable", _MASK_HOOK))
+            hooks = tuple(h for h in map(_token, v.values()) if h != ("callable", _MASK_HOOK))
             attrs.append((k, hooks))
         else:
             attrs.append((k, _token(v)))
-    attrs.sort(key=lambda kv: kv[0])
+    attrs.sort()  # by name: names are unique, values are never compared
     params = tuple(
         (n, None if p is None else (tuple(p.shape), p.dtype)) for n, p in m._parameters.items()
     )
@@ -491,17 +562,37 @@ def structure_key(model: nn.Module, dummy_input: Any) -> Any:
     return tuple(parts)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a model is traced and analysed.
+
+    A trace allocates many thousands of short-lived objects (the graph is freed by
+    reference counting, see :func:`_release`): collections during it only promote them,
+    and promoted objects bring the next whole-heap collection closer. The previous state
+    is restored (collection that was off stays off).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def analyse(model: nn.Module, dummy_input: Any) -> Analysis:
     """The model's :class:`Analysis`, traced once per structure (see the module docstring)."""
     if ANALYSIS_CACHE_SIZE <= 0:
-        return _analyse(model, dummy_input)
+        with _gc_paused():
+            return _analyse(model, dummy_input)
     key = structure_key(model, dummy_input)
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit
-    result = _analyse(model, dummy_input)
+    with _gc_paused():
+        result = _analyse(model, dummy_input)
     with _CACHE_LOCK:
         _CACHE[key] = result
         while len(_CACHE) > max(0, ANALYSIS_CACHE_SIZE):
@@ -521,8 +612,9 @@ def _outside_input(node: Any) -> bool:
 
 
 def _analyse(model: nn.Module, dummy_input: Any) -> Analysis:
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    m2n = {m: n for n, m in model.named_modules()}
+    named = list(model.named_modules())
+    order = {name: i for i, (name, _) in enumerate(named)}
+    m2n = {m: n for n, m in named}
     produced: dict[int, tuple[str, torch.Tensor]] = {}
     captured: dict[str, Any] = {}
 
@@ -536,7 +628,7 @@ def _analyse(model: nn.Module, dummy_input: Any) -> Analysis:
 
     hooks = [
         m.register_forward_hook(hook)
-        for m in model.modules()
+        for _, m in named
         if isinstance(m, (*_PRUNABLE, nn.modules.batchnorm._BatchNorm))
     ]
     try:
@@ -613,17 +705,20 @@ def _plan(graph: tp.DependencyGraph, m2n: dict, full: dict) -> tuple[tuple[PlanI
             single = None
             if len(node.outputs) == 1:
                 single = m2n.get(node.outputs[0].module)
+            name = m2n.get(node.module) if isinstance(node.module, nn.Module) else None
             items.append(
                 PlanItem(
                     optype=node.type.name,
-                    name=m2n.get(node.module) if isinstance(node.module, nn.Module) else None,
+                    name=name,
                     is_out=is_out,
                     idxs=tuple(map(int, item.idxs)),
                     root_idxs=tuple(map(int, item.root_idxs)),
                     outside_input=_outside_input(node),
                     op_name=fn.name().lower() if hasattr(fn, "name") else "",
                     single_output=single,
-                    node=str(node.name),
+                    # torch-pruning's node name formats the module's repr: slow, and
+                    # only needed for the ops that are not modules (errors, routing)
+                    node=str(node.name) if name is None else name,
                     chunk=tuple(fn._saved_split_sizes) if isinstance(fn, _SplitFn) else (),
                     shuffle=shuffles.get(node, ()),
                 )
@@ -651,18 +746,34 @@ def _channel_groups(
     full: dict,
     outputs: frozenset[str],
 ) -> list[ChannelGroup]:
-    uf = _UnionFind()
     layer_uf = _UnionFind()
     to_output: set[str] = set()
     constraints: dict[str, list[int]] = {}
-    # (layer, root channel) -> [(bn or consumer name, own index)]
-    bn_items: dict[str, list[tuple[str, int, int]]] = {}
-    consumer_items: dict[str, list[tuple[str, int, int]]] = {}
+    # layer -> [(bn or consumer name, its own indices, the layer's (root) channels)]
+    bn_items: dict[str, list[tuple[str, tuple[int, ...], tuple[int, ...]]]] = {}
+    consumer_items: dict[str, list[tuple[str, tuple[int, ...], tuple[int, ...]]]] = {}
     # (shuffle, channel within a segment) -> [(layer, root)]: pruned together
     shuffled: dict[tuple[Any, int], list[tuple[str, int]]] = {}
     shuffles = getattr(graph, "channel_shuffles", {})
     layers = [(m2n[m], m) for m in graph.module2node if isinstance(m, _PRUNABLE) and m in m2n]
     layers.sort(key=lambda x: order[x[0]])
+    # channel k of layer `name` is element base[name] + k of one union-find
+    base: dict[str, int] = {}
+    size: dict[str, int] = {}
+    total = 0
+    for name, m in layers:
+        base[name], size[name] = total, _out_len(m)
+        total += size[name]
+    uf = _IndexUnionFind(total)
+    beyond: dict[tuple[str, int], int] = {}  # an index past a layer's width (never expected)
+
+    def channel(name: str, k: int) -> int:
+        if 0 <= k < size[name]:
+            return base[name] + k
+        if (name, k) not in beyond:
+            beyond[(name, k)] = uf.add()
+        return beyond[(name, k)]
+
     for name, m in layers:
         layer_uf.find(name)
         pruner = graph.get_pruner_of_module(m)
@@ -679,19 +790,19 @@ def _channel_groups(
                 continue
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
             if isinstance(target.module, nn.modules.batchnorm._BatchNorm):
-                bn_items.setdefault(name, []).extend(
-                    (tname, i, r) for i, r in zip(map(int, item.idxs), map(int, item.root_idxs))
+                bn_items.setdefault(name, []).append(
+                    (tname, tuple(map(int, item.idxs)), tuple(map(int, item.root_idxs)))
                 )
                 continue
             if not isinstance(target.module, _PRUNABLE):
                 continue
             if not is_out:
-                consumer_items.setdefault(name, []).extend(
-                    (tname, i, r) for i, r in zip(map(int, item.idxs), map(int, item.root_idxs))
+                consumer_items.setdefault(name, []).append(
+                    (tname, tuple(map(int, item.idxs)), tuple(map(int, item.root_idxs)))
                 )
                 continue
             for idx, root in zip(item.idxs, item.root_idxs):
-                uf.union((name, root), (tname, idx))
+                uf.union(channel(name, root), channel(tname, idx))
             layer_uf.union(name, tname)
         if _is_grouped_conv(m):
             constraints.setdefault(name, []).append(m.groups)
@@ -708,7 +819,7 @@ def _channel_groups(
                     constraints.setdefault(tname, []).append(m.groups)
     for first, *rest in shuffled.values():
         for other in rest:
-            uf.union(first, other)
+            uf.union(channel(*first), channel(*other))
             layer_uf.union(first[0], other[0])
 
     by_layer_root: dict[str, list[tuple[str, nn.Module]]] = {}
@@ -716,14 +827,14 @@ def _channel_groups(
         by_layer_root.setdefault(layer_uf.find(name), []).append((name, m))
     groups: list[ChannelGroup] = []
     for members in by_layer_root.values():
-        comp_index: dict[Any, int] = {}
+        comp_index: dict[int, int] = {}
         mapping: dict[str, tuple[int, ...]] = {}
-        for name, m in members:
-            idx = []
-            for k in range(_out_len(m)):
-                root = uf.find((name, k))
-                idx.append(comp_index.setdefault(root, len(comp_index)))
-            mapping[name] = tuple(idx)
+        for name, _ in members:
+            start = base[name]
+            mapping[name] = tuple(
+                comp_index.setdefault(uf.find(c), len(comp_index))
+                for c in range(start, start + size[name])
+            )
         n = len(comp_index)
         cons = [g for name, _ in members for g in constraints.get(name, [])]
         num_groups = math.lcm(*cons) if cons else 1
@@ -737,31 +848,36 @@ def _channel_groups(
             num_groups = 1
         feeds = any(name in outputs or name in to_output for name in mapping)
 
-        names = [name for name, _ in members]
-        key = (names, mapping, comp_index, uf, order)
         groups.append(
             ChannelGroup(
-                mapping, n, num_groups, feeds, _pairs(bn_items, *key), _pairs(consumer_items, *key)
+                mapping,
+                n,
+                num_groups,
+                feeds,
+                _pairs(bn_items, mapping, order),
+                _pairs(consumer_items, mapping, order),
             )
         )
     return groups
 
 
 def _pairs(
-    table: dict[str, list[tuple[str, int, int]]],
-    names: list[str],
+    table: dict[str, list[tuple[str, tuple[int, ...], tuple[int, ...]]]],
     mapping: dict[str, tuple[int, ...]],
-    comp_index: dict[Any, int],
-    uf: _UnionFind,
     order: dict[str, int],
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    """``{layer: (own indices, group channels)}`` of the BN/consumer items of one group."""
+    """``{layer: (own indices, group channels)}`` of the BN/consumer items of one group
+    (``mapping``: its members; a root index is a channel of the member it is listed under;
+    an own index keeps the group channel it is first listed with)."""
     seen: dict[str, dict[int, int]] = {}
-    for name in names:
-        for tname, idx, root in table.get(name, ()):
+    for name, channels in mapping.items():
+        for tname, idxs, roots in table.get(name, ()):
             if tname in mapping:
                 continue  # a member (depthwise conv), not a reader of the group
-            seen.setdefault(tname, {}).setdefault(idx, comp_index[uf.find((name, root))])
+            own = seen.setdefault(tname, {})
+            for idx, root in zip(idxs, roots):
+                if idx not in own:
+                    own[idx] = channels[root]
     out = {}
     for tname in sorted(seen, key=lambda t: order.get(t, 0)):
         own = sorted(seen[tname])
@@ -778,14 +894,15 @@ def channel_groups(
     `module_names`, only groups containing at least one named layer are returned, still
     with all their members. Unknown names raise ConfigError.
     """
-    if module_names is not None:
-        known = {name for name, _ in model.named_modules()}
-        missing = [n for n in module_names if n not in known]
-        if missing:
-            raise ConfigError(f"module_names: unknown module(s) {missing}")
     groups = list(analyse(model, dummy_input).groups)
     if module_names is not None:
         wanted = set(module_names)
+        traced = {name for g in groups for name in g.members}
+        if not wanted <= traced:  # only then walk the model: is the rest unknown?
+            known = {name for name, _ in model.named_modules()}
+            missing = [n for n in module_names if n not in known]
+            if missing:
+                raise ConfigError(f"module_names: unknown module(s) {missing}")
         groups = [g for g in groups if wanted & set(g.members)]
     return groups
 

@@ -112,9 +112,8 @@ def wrap_model(model: nn.Module, masks: Masks) -> nn.Module:
 
     Wrapping an already wrapped model replaces the masks of the named modules.
     """
-    check_masks(model, masks)
+    modules = check_masks(model, masks)
     _ensure_step_hook()
-    modules = dict(model.named_modules())
     for name, per_param in masks.items():
         module = modules[name]
         _remove_module_hooks(module)
@@ -163,8 +162,7 @@ def held_masks(model: nn.Module) -> Masks:
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
     """Multiply the model's tensors by ``masks`` once (no hooks)."""
-    check_masks(model, masks)
-    modules = dict(model.named_modules())
+    modules = check_masks(model, masks)
     for name, per_param in masks.items():
         for pname, mask in per_param.items():
             param = getattr(modules[name], pname)

@@ -68,6 +68,10 @@ _ATTRS = (
     "num_parameters",
 )
 _OT = tp.ops.OPTYPE
+# node type names compared per plan item (an Enum member's ``.name`` is a slow property)
+_ELEMENTWISE_NAME, _OUTPUT_NAME, _CONV_NAME, _BN_NAME, _DEPTHWISE_NAME = (
+    _OT.ELEMENTWISE.name, _OT.OUTPUT.name, _OT.CONV.name, _OT.BN.name, _OT.DEPTHWISE_CONV.name
+)
 # Non-module nodes that only route channels (their output is zero where inputs are).
 _ROUTING = {_OT.ELEMENTWISE, _OT.CONCAT, _OT.SPLIT, _OT.RESHAPE, _OT.SLICE}
 _ROUTING_NAMES = frozenset(t.name for t in _ROUTING)
@@ -86,7 +90,7 @@ _ZERO_PRESERVING = (
 
 
 def _zero_preserving(item: PlanItem) -> bool:
-    if item.optype != _OT.ELEMENTWISE.name:
+    if item.optype != _ELEMENTWISE_NAME:
         return True
     return any(key in item.op_name for key in _ZERO_PRESERVING)
 
@@ -120,17 +124,16 @@ def extend_masks_to_batchnorms(
     Dead = filter row and bias zero after masking (zeros already in the weights count).
     Existing BN masks are kept and multiplied.
     """
-    check_masks(model, masks, SpeedupError)
-    return _extend(model, masks, analyse(model, dummy_input))
+    modules = check_masks(model, masks, SpeedupError)
+    return _extend(modules, masks, analyse(model, dummy_input))
 
 
-def _extend(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]],
+def _extend(modules: Mapping[str, nn.Module], masks: Mapping[str, Mapping[str, torch.Tensor]],
             analysis: Analysis, clone: bool = True) -> Masks:
-    """``extend_masks_to_batchnorms``; ``clone=False`` shares the unchanged mask tensors
-    (speedup only reads them)."""
+    """``extend_masks_to_batchnorms`` (``modules``: the model's, by name); ``clone=False``
+    shares the unchanged mask tensors (speedup only reads them)."""
     out: Masks = {n: {p: (m.clone() if clone else m) for p, m in e.items()}
                   for n, e in masks.items()}
-    modules = dict(model.named_modules())
     for conv_name, bn_name in analysis.following.items():
         dead = _dead_out_channels(modules[conv_name], conv_name, masks)
         if not bool(dead.any()):
@@ -145,8 +148,9 @@ def _extend(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]],
     return out
 
 
-def _bake(model: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-    modules = dict(model.named_modules())
+def _bake(
+    modules: Mapping[str, nn.Module], masks: Mapping[str, Mapping[str, torch.Tensor]]
+) -> None:
     with torch.no_grad():
         for name, entry in masks.items():
             for pname, mask in entry.items():
@@ -163,8 +167,8 @@ class _Removal:
     :meth:`history` gives the kept indices, which ``rebuild_compact_model`` applies.
     """
 
-    def __init__(self, model: nn.Module, analysis: Analysis) -> None:
-        self.modules = dict(model.named_modules())
+    def __init__(self, modules: Mapping[str, nn.Module], analysis: Analysis) -> None:
+        self.modules = modules
         self.analysis = analysis
         self.out_removed: dict[str, set[int]] = {}
         self.in_removed: dict[str, set[int]] = {}
@@ -173,7 +177,7 @@ class _Removal:
 
     def _supported(self, items: tuple[PlanItem, ...]) -> bool:
         for item in items:
-            if item.optype == _OT.OUTPUT.name or item.outside_input:
+            if item.optype == _OUTPUT_NAME or item.outside_input:
                 return False
             if item.optype in _ROUTING_NAMES:
                 if not _zero_preserving(item):
@@ -183,7 +187,7 @@ class _Removal:
             if mod is None or not isinstance(mod, _SUPPORTED):
                 return False
             if isinstance(mod, _CONV) and (
-                mod.transposed or item.optype == _OT.CONV.name and mod.groups > 1
+                mod.transposed or item.optype == _CONV_NAME and mod.groups > 1
             ):
                 return False
             if item.name in self.analysis.outputs and item.is_out:
@@ -208,7 +212,7 @@ class _Removal:
         alive: set[int] = set()
         bn_dead: dict[str, torch.Tensor] = {}
         for item in items:
-            if item.optype == _OT.BN.name and item.is_out:
+            if item.optype == _BN_NAME and item.is_out:
                 bn_dead[item.name] = _bn_dead(self.modules[item.name])
         for item in items:
             if item.optype in _ROUTING_NAMES or not item.is_out:
@@ -216,7 +220,7 @@ class _Removal:
             mod = self.modules[item.name]
             if isinstance(mod, _BN):
                 dead = bn_dead[item.name]
-            elif item.optype == _OT.DEPTHWISE_CONV.name:
+            elif item.optype == _DEPTHWISE_NAME:
                 dead = torch.ones(mod.out_channels, dtype=torch.bool)
                 if mod.bias is not None:
                     dead = mod.bias.detach() == 0
@@ -246,7 +250,7 @@ class _Removal:
                 continue  # torch-pruning leaves such an item out of the pruned group
             if item.is_out or isinstance(mod, _BN | nn.PReLU):
                 self.out_removed.setdefault(item.name, set()).update(idxs)
-            if not item.is_out or item.optype == _OT.DEPTHWISE_CONV.name:
+            if not item.is_out or item.optype == _DEPTHWISE_NAME:
                 self.in_removed.setdefault(item.name, set()).update(idxs)
 
     def run(self) -> int:
@@ -385,18 +389,23 @@ def _out_size(mod: nn.Module) -> int:
     return mod.num_parameters
 
 
-def _select(t: torch.Tensor, dim: int, keep: list[int] | None) -> torch.Tensor:
+def _index(keep: list[int] | None) -> torch.Tensor | None:
+    """Kept indices as an index tensor, built once per module (not once per tensor)."""
+    return None if keep is None else torch.tensor(keep, dtype=torch.long)
+
+
+def _select(t: torch.Tensor, dim: int, keep: torch.Tensor | None) -> torch.Tensor:
     if keep is None or t.dim() <= dim:
         return t
-    return t.index_select(dim, torch.tensor(keep, dtype=torch.long, device=t.device))
+    return t.index_select(dim, keep.to(t.device))
 
 
 def _reindex(
     mod: nn.Module,
     pname: str,
     t: torch.Tensor,
-    out_keep: list[int] | None,
-    in_keep: list[int] | None,
+    out_keep: torch.Tensor | None,
+    in_keep: torch.Tensor | None,
 ) -> torch.Tensor:
     """Select the kept out (dim 0) and in (dim 1, Conv/Linear weight only) indices."""
     t = _select(t, 0, out_keep)
@@ -425,7 +434,17 @@ def rebuild_compact_model(
     if not isinstance(history, Mapping) or history.get("format") != HISTORY_FORMAT:
         found = history.get("format") if isinstance(history, Mapping) else type(history).__name__
         raise SpeedupError(f"history: format {found!r} != {HISTORY_FORMAT!r}")
-    modules = dict(original_model.named_modules())
+    _rebuild(dict(original_model.named_modules()), history)
+    return original_model
+
+
+def _rebuild(
+    modules: Mapping[str, nn.Module],
+    history: Mapping[str, Any],
+    indices: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] | None = None,
+) -> None:
+    """One history's shrink on the model whose modules (by name) are ``modules``;
+    ``indices`` receives each module's (out, in) index tensors (speedup reuses them)."""
     for name, entry in history["modules"].items():
         mod = modules.get(name)
         if mod is None:
@@ -434,7 +453,9 @@ def rebuild_compact_model(
             raise SpeedupError(
                 f"history: module {name!r} is {type(mod).__name__}, expected {entry['type']}"
             )
-        out_keep, in_keep = entry["out_keep"], entry["in_keep"]
+        out_keep, in_keep = _index(entry["out_keep"]), _index(entry["in_keep"])
+        if indices is not None:
+            indices[name] = (out_keep, in_keep)
         with torch.no_grad():
             for pname, param in list(mod.named_parameters(recurse=False)):
                 new = _reindex(mod, pname, param.detach(), out_keep, in_keep)
@@ -448,8 +469,8 @@ def rebuild_compact_model(
                         kept = _select(buf, 0, out_keep)
                         setattr(mod, bname, kept.clone() if kept is buf else kept)
         for attr, value in entry["attrs"].items():
-            setattr(mod, attr, value)
-    return original_model
+            if getattr(mod, attr, None) != value:  # Module.__setattr__ is slow: changes only
+                setattr(mod, attr, value)
 
 
 def _max_diff(a: Any, b: Any) -> float:
@@ -483,33 +504,34 @@ def speedup_model(
     :func:`rebuild_compact_model`. Raises SpeedupError when the compact model's output
     on `dummy_input` (eval mode) differs from the masked model's by more than `atol`.
     """
-    check_masks(model, masks, SpeedupError)
+    modules = check_masks(model, masks, SpeedupError)
     work = model if inplace else copy.deepcopy(model)
+    if not inplace:
+        modules = dict(work.named_modules())  # the copy's (shrunk in place: kept to the end)
     was_training = model.training
     work.eval()
     analysis = analyse(work, dummy_input)  # cached per structure: usually no tracing here
     masks_ext = (
-        _extend(work, masks, analysis, clone=False)
+        _extend(modules, masks, analysis, clone=False)
         if extend_batchnorms
         else {n: dict(e) for n, e in masks.items()}
     )
-    _bake(work, masks_ext)
+    _bake(modules, masks_ext)
     with torch.no_grad():
         reference = forward(work, dummy_input)
     flags = {n: p.requires_grad for n, p in work.named_parameters()}
-    removal = _Removal(work, analysis)
+    removal = _Removal(modules, analysis)
     try:
         removed = removal.run()
     except Exception as exc:  # an index torch-pruning mapped out of range
         raise SpeedupError(f"{_blame(model, removal)}channel removal failed: {exc!r}") from exc
     history = removal.history()
-    out_keeps, in_keeps = removal.keeps()
-    rebuild_compact_model(work, history)
+    indices: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+    _rebuild(modules, history, indices)
     for n, p in work.named_parameters():
         p.requires_grad_(flags.get(n, True))
         p.grad = None
-    work.eval()
-    try:
+    try:  # work is still in eval mode: nothing since work.eval() changed it
         with torch.no_grad():
             diff = _max_diff(reference, forward(work, dummy_input))
     except Exception as exc:  # a shape error means an unsupported coupling slipped through
@@ -521,18 +543,18 @@ def speedup_model(
             f"{_blame(model, removal)}compact model output differs from masked model by "
             f"{diff:.3g} > {atol}"
         )
-    work.train(was_training)
+    if was_training:  # else work.eval() above already left every module in eval mode
+        work.train()
 
-    modules = dict(work.named_modules())
     remaining: Masks = {}
     for name, entry in masks_ext.items():
-        out_keep, in_keep = out_keeps.get(name), in_keeps.get(name)
+        out_keep, in_keep = indices.get(name, (None, None))  # not in history: nothing removed
         mod = modules[name]
         new_entry = {p: _reindex(mod, p, m, out_keep, in_keep) for p, m in entry.items()}
         for p, m in new_entry.items():
             if tuple(m.shape) != tuple(getattr(mod, p).shape):
                 raise SpeedupError(f"remaining mask {name}.{p}: shape {tuple(m.shape)} mismatch")
-        if any(bool((m == 0).any()) for m in new_entry.values()):
+        if not all(bool(m.all()) for m in new_entry.values()):  # a zero left somewhere
             # index_select made new tensors; a mask that was not re-indexed is copied
             remaining[name] = {p: m.clone() if m.data_ptr() == entry[p].data_ptr() else m
                                for p, m in new_entry.items()}
