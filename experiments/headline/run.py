@@ -19,6 +19,11 @@ choose. Epochs paid and wall time are reported for every row.
 
     python -m experiments.headline.run --workload digits --targets w0.95 w0.98
     python -m experiments.headline.run --quick          # smoke run (meaningless numbers)
+
+``--hand-records`` / ``--search-records`` reuse the rows of earlier runs (all runs are
+deterministic per seed); a reused hand row given the "paid" budget is rerun whenever this
+run's search paid a different budget on its (target, seed), so a paid comparison never
+uses a stale budget.
 """
 
 from __future__ import annotations
@@ -183,7 +188,11 @@ def main(argv: list[str] | None = None) -> str:
                         help="with --from-records: header line(s) (the runs' commands and machine)")
     parser.add_argument("--hand-records", type=Path, default=None,
                         help="reuse the hand and NNI rows of an earlier runs.jsonl (same workload, targets, "
-                        "seeds and budgets; they are deterministic) and run only the searches")
+                        "seeds and final budget; they are deterministic); a 'paid' row is rerun when this "
+                        "run's default search paid a different budget on its (target, seed)")
+    parser.add_argument("--search-records", type=Path, default=None,
+                        help="reuse the search rows of an earlier runs.jsonl instead of running the searches "
+                        "(with --hand-records: rerun only the hand rows whose paid budget they change)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, tiny budgets, 1-epoch baseline")
     args = parser.parse_args(argv)
     argv_used = list(argv) if argv is not None else sys.argv[1:]
@@ -227,6 +236,9 @@ def main(argv: list[str] | None = None) -> str:
               "default search paid on each (target, seed)"]
     print("\n".join(header), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # read before runs.jsonl is emptied: --out may be the directory they came from
+    earlier_rows = {path: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                    for path in (args.hand_records, args.search_records) if path is not None}
     jsonl = out_dir / "runs.jsonl"
     jsonl.write_text("")
     records: list[dict[str, Any]] = []
@@ -249,19 +261,26 @@ def main(argv: list[str] | None = None) -> str:
             header.append(f"{token}: channel sparsity {value:.3f} (L1 one-shot MACs ratio {ratio:.3f} on seed 0)")
         targets[token] = (kind, value)
 
-    if args.hand_records:
-        for line in args.hand_records.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if rec and rec["method"] not in SEARCHES and rec["target"] in targets and rec["seed"] in args.seeds:
-                keep(rec)
-        header.append(f"hand and NNI rows reused from {args.hand_records}")
+    def earlier(path: Path | None, searches: bool) -> list[dict[str, Any]]:
+        """The rows of an earlier runs.jsonl for this run's targets and seeds: its searches or the rest."""
+        return [r for r in earlier_rows.get(path, []) if (r["method"] in SEARCHES) == searches
+                and r["target"] in targets and r["seed"] in args.seeds]
+
+    hand_reused = earlier(args.hand_records, searches=False)
     paid_by: dict[tuple[str, int], float] = {}  # what the default search paid, per (target, seed)
+    if args.search_records:
+        for rec in earlier(args.search_records, searches=True):
+            keep(rec)
+            if rec["method"] == "search (defaults)":
+                paid_by[(rec["target"], rec["seed"])] = round(rec["epochs_paid"], 2)
+        header.append(f"search rows reused from {args.search_records}")
     import ray
 
-    ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
+    if not args.search_records:
+        ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="tp_headline_") as storage:
-            for token, (kind, sparsity) in targets.items():
+            for token, (kind, sparsity) in ({} if args.search_records else targets).items():
                 for seed in args.seeds:
                     for method in args.searches:
                         values = {**search_options, **SEARCHES[method], "workload": args.workload,
@@ -276,19 +295,32 @@ def main(argv: list[str] | None = None) -> str:
                             paid_by[(token, seed)] = round(rec["epochs_paid"], 2)
     finally:
         ray.shutdown()
+    reused = 0
+    for rec in hand_reused:  # a paid row only where the search paid what it was given
+        if rec.get("budget_name") != "paid" or abs(rec["epochs_paid"] - paid_by.get(
+                (rec["target"], rec["seed"]), paid_budget)) < 0.01:
+            keep(rec)
+            reused += 1
+    if args.hand_records:
+        header.append(f"{reused} of {len(hand_reused)} hand and NNI rows reused from {args.hand_records}; "
+                      "the others rerun at this run's paid budget")
+    done = {(r["target"], r["seed"], r["method"], r.get("budget_name"), r.get("lr")) for r in records}
     jobs = []
-    for token, (kind, sparsity) in ({} if args.hand_records else targets).items():
+    for token, (kind, sparsity) in targets.items():
         for seed in args.seeds:
             cfg = SearchConfig.create(workload=args.workload, workload_options=options, target_sparsity=sparsity,
                                       sparsity_kind=kind, seed=seed, baseline_cache_dir=str(args.cache.resolve()))
             fixed = fixed_config(cfg)
             key = {"target": token, "seed": seed}
-            jobs.append({"fixed": fixed, "trial": hand_schedule(NNI, kind, 10, 0.01, 10),
-                         "key": {**key, "method": NNI, "lr": 0.01}})
+            if (token, seed, NNI, None, 0.01) not in done:
+                jobs.append({"fixed": fixed, "trial": hand_schedule(NNI, kind, 10, 0.01, 10),
+                             "key": {**key, "method": NNI, "lr": 0.01}})
             for method in HAND:
                 paid = paid_by.get((token, seed), paid_budget)
                 for budget_name, budget in (("final", final_budget), ("paid", paid)):
                     for lr in args.lrs:
+                        if (token, seed, method, budget_name, lr) in done:
+                            continue
                         jobs.append({"fixed": fixed,
                                      "trial": hand_schedule(method, kind, budget, lr, args.agp_iterations),
                                      "key": {**key, "method": method, "budget_name": budget_name, "lr": lr}})

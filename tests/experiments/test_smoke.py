@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -86,11 +87,19 @@ def test_fidelity_quick(tmp_path: Path) -> None:
     assert {r["config"] for r in runs if r["fraction"] == "0.5"} == {r["config"] for r in runs if r["fraction"] == "1.0"}
 
 
-def test_headline_quick(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def headline_quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One quick headline run (the slow part: Ray and the searches), shared by the tests below."""
     from experiments.headline.run import main as headline_main
 
-    text = headline_main(["--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "cache"), "--workers", "1"])
-    headers, rows = _table(tmp_path)
+    out = tmp_path_factory.mktemp("headline")
+    text = headline_main(["--quick", "--out", str(out / "first"), "--cache", str(out / "cache"), "--workers", "1"])
+    return out, text
+
+
+def test_headline_quick(headline_quick: tuple[Path, str]) -> None:
+    out, text = headline_quick
+    headers, rows = _table(out / "first")
     methods = {(r[1], r[2]) for r in rows}
     assert ("search (defaults)", "–") in methods and ("NNI default (AGP 10 x 1 ep, lr 0.01)", "–") in methods
     for hand in ("one-shot", "AGP", "IMP + rewinding"):
@@ -102,3 +111,36 @@ def test_headline_quick(tmp_path: Path) -> None:
     assert 2 * 0.125 + 1.5 - 1e-9 <= searched <= 2 * 0.125 + 2 * 1.5 + 1e-9
     assert paid[("one-shot", "paid")] == pytest.approx(searched) and paid[("one-shot", "final")] == 1.5
     assert "search (defaults) − NNI default" in text
+
+
+def test_headline_reuse_reruns_only_the_paid_rows_a_search_changes(
+        headline_quick: tuple[Path, str], tmp_path: Path) -> None:
+    """--search-records + --hand-records: rows are reused, except a hand 'paid' row whose
+    search paid another budget (so paid comparisons never use a stale budget)."""
+    from experiments.headline.run import main as headline_main
+
+    out, _ = headline_quick
+    common = ["--quick", "--cache", str(out / "cache"), "--workers", "1"]
+    first = [json.loads(line) for line in (out / "first" / "runs.jsonl").read_text().splitlines()]
+    search = [r for r in first if r["method"] == "search (defaults)"]
+    assert len(search) == 1
+    changed = tmp_path / "search.jsonl"
+    changed.write_text(json.dumps({**search[0], "epochs_paid": search[0]["epochs_paid"] + 1.0}) + "\n")
+
+    inplace = tmp_path / "same" / "runs.jsonl"  # --out the folder the records come from
+    inplace.parent.mkdir()
+    inplace.write_text((out / "first" / "runs.jsonl").read_text())
+    headline_main([*common, "--out", str(inplace.parent), "--hand-records", str(inplace),
+                   "--search-records", str(inplace)])
+    same = [json.loads(line) for line in inplace.read_text().splitlines()]
+    assert sorted(map(json.dumps, same)) == sorted(map(json.dumps, first))  # nothing rerun, nothing lost
+
+    headline_main([*common, "--out", str(tmp_path / "rerun"), "--hand-records", str(out / "first" / "runs.jsonl"),
+                   "--search-records", str(changed)])
+    rerun = [json.loads(line) for line in (tmp_path / "rerun" / "runs.jsonl").read_text().splitlines()]
+    assert len(rerun) == len(first)
+    paid = [r for r in rerun if r.get("budget_name") == "paid"]
+    assert paid and all(r["epochs_paid"] == pytest.approx(search[0]["epochs_paid"] + 1.0, abs=0.01) for r in paid)
+    kept = [r for r in rerun if r.get("budget_name") != "paid" and r["method"] != "search (defaults)"]
+    assert sorted(map(json.dumps, kept)) == sorted(
+        json.dumps(r) for r in first if r.get("budget_name") != "paid" and r["method"] != "search (defaults)")

@@ -206,16 +206,21 @@ def test_bad_warm_start_names_entry_and_value(warm_start: list, extra: dict, wor
 
 
 def test_default_warm_start_adapts_where_an_explicit_one_fails() -> None:
-    """The default one_shot_lrs is dropped where it cannot run (one_shot where 3 trials do
-    not fit); asked for, it is an error."""
-    assert SearchConfig.create().warm_start == ["one_shot_lrs"]
-    assert SearchConfig.create(num_samples=2).warm_start == ["one_shot"]
+    """The default (one_shot_lrs, annealing) keeps its entries in order while they can run
+    and fit num_samples (one_shot_lrs shrinks to one_shot); asked for, a misfit is an error."""
+    assert SearchConfig.create().warm_start == ["one_shot_lrs", "annealing"]
+    assert SearchConfig.create(num_samples=4).warm_start == ["one_shot_lrs", "annealing"]
+    assert SearchConfig.create(num_samples=3).warm_start == ["one_shot_lrs"]
+    assert SearchConfig.create(num_samples=2).warm_start == ["one_shot", "annealing"]
+    assert SearchConfig.create(num_samples=1).warm_start == ["one_shot"]
     with pytest.raises(ConfigError, match="3 schedule"):
         SearchConfig.create(num_samples=2, warm_start=["one_shot_lrs"])
-    cfg = SearchConfig.create(min_iterations=2)
-    assert cfg.warm_start == []
+    cfg = SearchConfig.create(min_iterations=2)  # no one-shot; annealing runs 3 tasks
+    assert cfg.warm_start == ["annealing"]
     assert SearchConfig.create(**cfg.model_dump()) == cfg  # the saved config resumes as it ran
-    assert SearchConfig.create(generators=["lottery_ticket", "simulated_annealing"]).warm_start == []
+    assert SearchConfig.create(max_iterations=2).warm_start == ["one_shot_lrs"]  # annealing needs 3
+    assert SearchConfig.create(generators=["lottery_ticket", "simulated_annealing"]).warm_start == ["annealing"]
+    assert SearchConfig.create(generators=["lottery_ticket"]).warm_start == []
 
 
 def test_warm_start_flags() -> None:

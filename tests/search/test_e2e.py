@@ -198,10 +198,13 @@ def test_deterministic_search_repeats_exactly_at_concurrency_2(ray_local, tmp_pa
     first, second = run("det1"), run("det2")
     assert len(first[0]) == 8
     assert first == second
-    # the default warm start (one-shot at three lrs) is the study's first trials, marked in the table
+    # the default warm start (one-shot at three lrs, then annealing) is the study's first
+    # trials, marked in the table
     best = pd.read_csv(tmp_path / "det1" / "best_per_trial.csv", dtype={"trial_id": str})
     warm = best[best["warm_start"]]
-    assert len(warm) == 3 and set(warm["total_iteration"]) == {1} and warm["lr"].nunique() == 3
+    one_shot = warm[warm["generator"] != "simulated_annealing"]
+    assert len(warm) == 4 and set(warm["generator"]) >= {"simulated_annealing"}
+    assert len(one_shot) == 3 and set(one_shot["total_iteration"]) == {1} and one_shot["lr"].nunique() == 3
     study = optuna.load_study(study_name="det1", storage=journal_storage(tmp_path / "det1"))
-    first_three = sorted(study.trials, key=lambda t: t.number)[:3]
-    assert {t.user_attrs["tune_trial_id"] for t in first_three} == set(warm["trial_id"])
+    first_four = sorted(study.trials, key=lambda t: t.number)[:4]
+    assert {t.user_attrs["tune_trial_id"] for t in first_four} == set(warm["trial_id"])

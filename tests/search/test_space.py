@@ -262,13 +262,13 @@ def test_lr_schedule_is_a_choice_and_rewinding_searches_no_lr() -> None:
 
 
 def test_one_shot_lrs_is_one_shot_at_three_lrs_in_the_range() -> None:
-    cfg = SearchConfig.create()
+    cfg = SearchConfig.create(warm_start=["one_shot_lrs"])
     schedules = [_ask_with(cfg, p) for p in warm_start_points(cfg)]
     one_shot = _ask_with(cfg, warm_start_points(cfg.updated(warm_start=["one_shot"]))[0])
     assert [s["lr"] for s in schedules] == pytest.approx([0.01 * 30 ** (1 / 6), one_shot["lr"], 0.01 * 30 ** (5 / 6)])
     for s in schedules:
         assert {k: v for k, v in s.items() if k != "lr"} == {k: v for k, v in one_shot.items() if k != "lr"}
-    rewinding = SearchConfig.create(lr_schedules=["rewind"])
+    rewinding = SearchConfig.create(lr_schedules=["rewind"], warm_start=["one_shot_lrs"])
     assert len(warm_start_points(rewinding)) == 1  # no lr to vary
 
 

@@ -146,18 +146,20 @@ class SearchConfig(BaseModel):
         "multiple of it). Default: none searched, NNI's channel choice. channels only",
     )
     warm_start: list[str | dict[str, Any]] = Field(
-        ["one_shot_lrs"],
+        ["one_shot_lrs", "annealing"],
         description="schedules run first, before the sampler proposes any, so the search's "
         "pick is never below them (the best of them is a finalist when screening): presets "
         "'one_shot' (prune once, fine-tune the whole budget; global ranking for weights) and "
         "'agp' (AGP over max_iterations, NNI's shape), 'annealing' (simulated annealing's "
-        "searched per-layer allocation over 3 tasks; what wins at 98 % of weights on digits), "
+        "searched per-layer allocation over 3 tasks; what wins at 95-98 % of weights), "
         "each at the lr range's geometric centre; "
-        "'one_shot_lrs' (the default: one_shot at three lrs, the centre and a third of the way "
+        "'one_shot_lrs' (one_shot at three lrs, the centre and a third of the way "
         "from either end, in log lr), or a schedule in trial-config keys (TOML "
         "table or JSON, e.g. '{\"generator\": \"agp\", \"total_iteration\": 3}'; left-out keys "
         "are sampled; a simulated_annealing schedule's total_iteration is its task count, one plus "
-        "its cool-downs). Each counts as one of num_samples. 'none' for no warm start",
+        "its cool-downs). Each counts as one of num_samples. Default: one_shot_lrs then annealing "
+        "(4 trials), each dropped where it does not fit (one_shot_lrs shrinks to one_shot). "
+        "'none' for no warm start",
     )
     # ---- multi-fidelity: screen schedules on a fraction of the budget, confirm the best
     screen_fraction: float = Field(
@@ -508,12 +510,10 @@ class SearchConfig(BaseModel):
                 "(a wall-clock budget ends the search at a timing-dependent trial)"
             )
         if "warm_start" not in self.model_fields_set:
-            # the default adapts: a preset that does not fit (one_shot under min_iterations=3)
-            # is dropped rather than failing a config that never asked for it
-            fitting = [e for e in self.warm_start if _fits(self, e)][: self.num_samples]
-            self.__dict__["warm_start"] = fitting  # no re-validation (validate_assignment)
-            if len(warm_start_points(self)) > self.num_samples:  # one_shot_lrs in 1-2 trials
-                self.__dict__["warm_start"] = ["one_shot"] if _fits(self, "one_shot") else []
+            # the default adapts: a preset that does not fit (one_shot under min_iterations=2,
+            # annealing under max_iterations=2) or has no room left in num_samples is dropped
+            # rather than failing a config that never asked for it; one_shot_lrs shrinks to one_shot
+            self.__dict__["warm_start"] = _default_warm_start(self)  # no re-validation
         n_warm = len(warm_start_points(self))  # ValueError naming the entry and key
         if n_warm > self.num_samples:
             raise ValueError(
@@ -608,13 +608,26 @@ class SearchConfig(BaseModel):
         return cls.create(**merge_values(load_toml(path), overrides))
 
 
-def _fits(cfg: SearchConfig, entry: str | dict[str, Any]) -> bool:
-    """Whether one warm-start entry is valid under ``cfg``."""
+def _points(cfg: SearchConfig, entry: str | dict[str, Any]) -> int | None:
+    """How many trials one warm-start entry takes under ``cfg``; None where it is invalid."""
     try:
-        warm_start_points(cfg.model_copy(update={"warm_start": [entry]}))
+        return len(warm_start_points(cfg.model_copy(update={"warm_start": [entry]})))
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _default_warm_start(cfg: SearchConfig) -> list[str | dict[str, Any]]:
+    """The default warm start fitted to ``cfg``: its entries in order while they are valid
+    and fit the trials left (``one_shot_lrs`` falls back to ``one_shot``)."""
+    room, kept = cfg.num_samples, []
+    for entry in cfg.warm_start:
+        for candidate in [entry, "one_shot"] if entry == "one_shot_lrs" else [entry]:
+            n = _points(cfg, candidate)
+            if n is not None and n <= room:
+                kept.append(candidate)
+                room -= n
+                break
+    return kept
 
 
 #: Pairs of fields of which only one may be set: setting one in an override unsets the
