@@ -6,6 +6,7 @@ torch-pruning's ``MagnitudePruner`` (L1) at a uniform per-layer ratio?
 
     python -m experiments.channels_latency.run                      # digits, seeds 0 1 2
     python -m experiments.channels_latency.run --workload mnist1d
+    python -m experiments.channels_latency.run --workload mnist1d --workload-option width=100 --out experiments/channels_latency/mnist1d_wide
     python -m experiments.channels_latency.run --quick              # smoke run (meaningless numbers)
 
 Per seed, everything starts from that seed's cached dense baseline
@@ -186,6 +187,9 @@ def run_one_search(values: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], f
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog=MODULE, description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="digits", choices=["digits", "mnist1d"])
+    parser.add_argument("--workload-option", action="append", default=[], metavar="KEY=JSON",
+                        help="get_workload keyword, e.g. width=100 (MNIST-1D's conv width: a model "
+                        "whose latency follows its MACs more than the 25-wide one's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tp-ratios", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7],
                         help="torch-pruning's per-layer pruning ratios (its latency curve)")
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None) -> str:
     out_dir = args.out or HERE / args.workload
     torch.set_num_threads(1)
 
-    options: dict[str, Any] = {"device": "cpu"}
+    options: dict[str, Any] = {"device": "cpu",
+                               **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.workload_option)}}
     search_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.search_option)}
     if args.quick:
         args.seeds, args.tp_ratios, args.lrs = args.seeds[:1], [0.3, 0.7], args.lrs[1:2]
