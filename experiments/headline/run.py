@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> str:
                         "seeds and final budget; they are deterministic); a 'paid' row is rerun when this "
                         "run's default search paid a different budget on its (target, seed)")
     parser.add_argument("--search-records", type=Path, default=None,
-                        help="reuse the search rows of an earlier runs.jsonl instead of running the searches "
+                        help="reuse the search rows of an earlier runs.jsonl; only --searches it lacks run "
                         "(with --hand-records: rerun only the hand rows whose paid budget they change)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, tiny budgets, 1-epoch baseline")
     args = parser.parse_args(argv)
@@ -274,25 +274,26 @@ def main(argv: list[str] | None = None) -> str:
             if rec["method"] == "search (defaults)":
                 paid_by[(rec["target"], rec["seed"])] = round(rec["epochs_paid"], 2)
         header.append(f"search rows reused from {args.search_records}")
+    have = {(r["target"], r["seed"], r["method"]) for r in records}
+    to_run = [(token, kind, sparsity, seed, method) for token, (kind, sparsity) in targets.items()
+              for seed in args.seeds for method in args.searches if (token, seed, method) not in have]
     import ray
 
-    if not args.search_records:
+    if to_run:
         ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="tp_headline_") as storage:
-            for token, (kind, sparsity) in ({} if args.search_records else targets).items():
-                for seed in args.seeds:
-                    for method in args.searches:
-                        values = {**search_options, **SEARCHES[method], "workload": args.workload,
-                                  "workload_options": options, "target_sparsity": sparsity, "sparsity_kind": kind,
-                                  "seed": seed, "baseline_cache_dir": str(args.cache.resolve()),
-                                  "storage_path": storage, "name": f"search-{len(records)}",
-                                  "include_dashboard": False, "reuse_actors": True,
-                                  "max_concurrent": args.max_concurrent}
-                        rec = {"target": token, "seed": seed, "method": method, **run_one_search(values)}
-                        keep(rec)
-                        if method == "search (defaults)":
-                            paid_by[(token, seed)] = round(rec["epochs_paid"], 2)
+            for token, kind, sparsity, seed, method in to_run:
+                values = {**search_options, **SEARCHES[method], "workload": args.workload,
+                          "workload_options": options, "target_sparsity": sparsity, "sparsity_kind": kind,
+                          "seed": seed, "baseline_cache_dir": str(args.cache.resolve()),
+                          "storage_path": storage, "name": f"search-{len(records)}",
+                          "include_dashboard": False, "reuse_actors": True,
+                          "max_concurrent": args.max_concurrent}
+                rec = {"target": token, "seed": seed, "method": method, **run_one_search(values)}
+                keep(rec)
+                if method == "search (defaults)":
+                    paid_by[(token, seed)] = round(rec["epochs_paid"], 2)
     finally:
         ray.shutdown()
     reused = 0
