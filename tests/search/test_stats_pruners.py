@@ -205,3 +205,29 @@ def test_retrained_ticket_pays_no_second_statistics_pass(baseline_cache: Path) -
     assert [r["finetune_epochs_cum"] for r in rows] == pytest.approx(
         [0.25 + stats, 2 * (0.25 + stats), 2 * (0.25 + stats) + 0.25]
     )
+
+
+def test_resumed_statistics_trial_matches_an_uninterrupted_one(baseline_cache: Path, tmp_path: Path) -> None:
+    """The statistics pass's data order is a function of the iteration, not of how many
+    trainer calls this process made, so a trial resumed from its checkpoint prunes the
+    same channels as an uninterrupted one."""
+    import shutil
+
+    config = _channel_trial(baseline_cache, "taylorfo", "linear", 3)
+    full = run_schedule(config)
+    ckpts: list[Path] = []
+
+    def kill_after_first(metrics: dict, checkpoint_dir: Path) -> None:
+        dst = tmp_path / f"ckpt_{len(ckpts)}"
+        shutil.copytree(checkpoint_dir, dst)
+        ckpts.append(dst)
+        raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_schedule(config, kill_after_first)
+    resumed = run_schedule(config, restore_from=ckpts[0])
+    assert [r["iteration"] for r in resumed] == [2, 3]
+    for a, b in zip(full[1:], resumed):
+        assert b["stats_epochs_cum"] == pytest.approx(a["stats_epochs_cum"])
+        assert b["finetune_epochs_cum"] == pytest.approx(a["finetune_epochs_cum"])
+        assert b["score"] == a["score"]
