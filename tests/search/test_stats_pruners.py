@@ -231,3 +231,13 @@ def test_resumed_statistics_trial_matches_an_uninterrupted_one(baseline_cache: P
         assert b["stats_epochs_cum"] == pytest.approx(a["stats_epochs_cum"])
         assert b["finetune_epochs_cum"] == pytest.approx(a["finetune_epochs_cum"])
         assert b["score"] == a["score"]
+
+
+def test_cli_flags_name_statistics_pruners_and_batches() -> None:
+    from tune_prune.search.cli import parse_config
+
+    cfg, _ = parse_config(["--sparsity-kind", "channels", "--pruners", "l1", "taylorfo", "--stats-batches", "8"])
+    assert (cfg.allowed_pruners, cfg.stats_batches) == (["l1", "taylorfo"], 8)
+    assert fixed_config(cfg)["stats_batches"] == 8
+    with pytest.raises(ConfigError, match="pruners"):
+        parse_config(["--pruners", "taylorfo"])  # sparsity_kind defaults to weights
