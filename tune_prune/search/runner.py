@@ -395,7 +395,9 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     """Check the workload and train/load the dense baseline once.
 
     Runs before any file of the experiment is written and before Ray starts, cheapest
-    checks first, each failure a tune_prune error naming its cause: ``build_model()``
+    checks first, each failure a tune_prune error naming its cause: a named statistics
+    pruner (taylorfo, apoz, mean_activation) with a workload that has no ``trainer`` or
+    ``steps_per_epoch()`` (ConfigError naming ``pruners``), ``build_model()``
     raising (WorkloadError), no layer the configured pruning can select (ConfigError:
     every config_list the search space can produce is resolved on a fresh model),
     ``evaluate`` raising or not returning a finite real number on the fresh model
