@@ -17,7 +17,10 @@ from tune_prune.search.registry import (
     GENERATOR_NAMES,
     GENERATORS,
     PRUNER_MODES,
+    SEARCHABLE_PRUNERS,
+    STATS_PRUNERS,
     generator_spec,
+    needs_trainer,
 )
 from tune_prune.search.space import define_space
 
@@ -84,9 +87,17 @@ def test_pruner_lists_derive_from_the_pruner_classes() -> None:
     for name, modes in PRUNER_MODES.items():
         cls = PRUNERS[name]
         assert set(modes) <= set(cls.modes), name  # the class accepts every searched mode
-    # statistics pruners need a trainer the search does not give; BN slimming likewise
-    for name in ("taylorfo", "apoz", "mean_activation", "slim"):
-        assert name not in PRUNER_MODES
+    # BN slimming needs sparsity-regularised training: not searchable
+    assert "slim" not in PRUNER_MODES
+    # the statistics pruners are searchable, with every channel mode, but opt-in only
+    assert STATS_PRUNERS == ("taylorfo", "apoz", "mean_activation")
+    for name in STATS_PRUNERS:
+        assert PRUNER_MODES[name] == PRUNER_MODES["l1"] == ("normal", "global", "dependency_aware")
+        assert needs_trainer(name) and PRUNERS[name].kind == "channels"
+    assert not any(needs_trainer(n) for n in ("level", "l1", "l2", "fpgm"))
+    assert SEARCHABLE_PRUNERS["channels"] == ("l1", "l2", "fpgm", *STATS_PRUNERS)
+    assert SEARCHABLE_PRUNERS["weights"] == ("level",)
+    # the defaults (and so every default search) are unchanged
     assert DEFAULT_PRUNERS["weights"] == ("level",)
     assert DEFAULT_PRUNERS["channels"] == ("l1", "l2", "fpgm")
     assert "balance" not in PRUNER_MODES["level"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from tune_prune.errors import ConfigError
 from tune_prune.pruning.config import resolve_config_list
 from tune_prune.pruning.pruners.allocation import num_pruned, rounded_prune
 from tune_prune.pruning.pruners.registry import get_pruner_class
@@ -80,15 +81,67 @@ def pruner_options(trial: dict[str, Any]) -> dict[str, Any]:
     return {key: trial[key] for key in CHANNEL_PARAMS if key in trial}
 
 
-def make_pruner(name: str, mode: str, dummy_input: Any, options: dict[str, Any] | None = None) -> Any:
+def stats_batches_per_epoch(workload: Any) -> int:
+    """Batches of one epoch of ``workload``'s training data (its ``steps_per_epoch()``):
+    the unit a statistics pass is converted to epochs with. ConfigError when the workload
+    cannot say (its cost could not be counted)."""
+    steps = getattr(workload, "steps_per_epoch", None)
+    value = steps() if callable(steps) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"workload {getattr(workload, 'name', workload)!r}: a statistics pruner's pass is "
+            "counted in epochs, which needs steps_per_epoch() -> a positive int (batches of "
+            f"one training epoch), got {value!r}"
+        )
+    return value
+
+
+def statistics_kwargs(workload: Any, training_batches: int) -> dict[str, Any]:
+    """What a statistics pruner (``needs_trainer``) is built with in a trial.
+
+    NNI's trio from the workload: ``trainer(model, optimizer, criterion)`` (one epoch of
+    its training data, stopped by the pruner after ``training_batches`` batches), the
+    ``traced_optimizer`` factory (``f(params) -> optimizer``, rebuilt for each task's
+    model) and the ``criterion``. ConfigError when the workload has no callable trainer.
+    """
+    trainer = getattr(workload, "trainer", None)
+    if not callable(trainer):
+        raise ConfigError(
+            f"workload {getattr(workload, 'name', workload)!r} offers no trainer(model, optimizer, "
+            "criterion), which the statistics pruners run to collect their statistics"
+        )
+    return {
+        "trainer": trainer,
+        "traced_optimizer": getattr(workload, "traced_optimizer", None),
+        "criterion": getattr(workload, "criterion", None),
+        "training_batches": int(training_batches),
+    }
+
+
+def make_pruner(
+    name: str,
+    mode: str,
+    dummy_input: Any,
+    options: dict[str, Any] | None = None,
+    statistics: dict[str, Any] | None = None,
+) -> Any:
     """An unbound pruner (the scheduler binds it to each task's model).
 
     ``options``: pruner keywords (:func:`pruner_options` of the trial config); one the
-    pruner does not take raises ValueError naming it.
+    pruner does not take raises ValueError naming it. ``statistics``: the trainer
+    keywords (:func:`statistics_kwargs`) a pruner with ``needs_trainer`` is built with
+    (ConfigError when such a pruner gets none); other pruners ignore them.
     """
 
     cls = get_pruner_class(name)
     kwargs: dict[str, Any] = {"mode": mode}
+    if cls.needs_trainer:
+        if statistics is None:
+            raise ConfigError(
+                f"pruner={name!r} runs a statistics pass and needs the workload's trainer, "
+                "optimizer and criterion (build.statistics_kwargs)"
+            )
+        kwargs.update(statistics)
     params = inspect.signature(cls.__init__).parameters
     if "dummy_input" in params:
         kwargs["dummy_input"] = dummy_input

@@ -22,8 +22,11 @@ from tune_prune.errors import ConfigError
 from tune_prune.search import metrics as M
 from tune_prune.search.registry import (
     DEFAULT_PRUNERS,
+    DEFAULT_STATS_BATCHES,
     GENERATOR_NAMES,
     PRUNER_MODES,
+    SEARCHABLE_PRUNERS,
+    STATS_PRUNERS,
     channel_option_choices,
     generators_help,
 )
@@ -100,7 +103,18 @@ class SearchConfig(BaseModel):
     pruners: list[str] | None = Field(
         None,
         description="pruners the search may pick (registry names); default: "
-        + " and ".join(f"{list(names)} for {kind}" for kind, names in DEFAULT_PRUNERS.items()),
+        + " and ".join(f"{list(names)} for {kind}" for kind, names in DEFAULT_PRUNERS.items())
+        + f". The statistics pruners {list(STATS_PRUNERS)} (channels only) are searched only when "
+        "named: each pruning step first runs stats_batches batches of the workload's trainer, "
+        "counted in the trial's fine-tune epochs",
+    )
+    stats_batches: int = Field(
+        DEFAULT_STATS_BATCHES,
+        ge=1,
+        le=100_000,
+        description="batches of the workload's trainer each pruning step of a statistics pruner "
+        f"({', '.join(STATS_PRUNERS)}) collects its statistics on; the search adds them to the "
+        "trial's fine-tune epochs (batches / the workload's steps per epoch)",
     )
     generators: list[str] = Field(
         list(GENERATOR_NAMES), description=f"task generators the search may pick ({generators_help()})"
@@ -492,7 +506,7 @@ class SearchConfig(BaseModel):
         if self.lr_min > self.lr_max:
             raise ValueError(f"lr_min={self.lr_min!r} exceeds lr_max={self.lr_max!r}")
         if self.pruners is not None:
-            allowed = DEFAULT_PRUNERS[self.sparsity_kind]
+            allowed = SEARCHABLE_PRUNERS[self.sparsity_kind]
             wrong = [p for p in self.pruners if p not in allowed]
             if wrong:
                 raise ValueError(

@@ -3,7 +3,8 @@
 Every other module of the search (config validation, the Optuna space, the warm-start
 presets, the builder, the dry run, ``--help``) derives its lists and branches from
 these two tables, so adding a generator means adding one :class:`GeneratorSpec` here;
-adding a searchable pruner means giving its class ``search_modes`` (and ``kind``).
+adding a searchable pruner means giving its class ``search_modes`` (and ``kind``); a
+pruner with ``needs_trainer`` (a statistics pass) is searchable only when named.
 """
 
 from __future__ import annotations
@@ -157,13 +158,35 @@ def generators_help() -> str:
 PRUNER_MODES: dict[str, tuple[str, ...]] = {
     name: tuple(cls.search_modes) for name, cls in PRUNERS.items() if cls.search_modes
 }
-#: Searchable pruners per sparsity kind, in registry order (the first is the warm start's).
-DEFAULT_PRUNERS: dict[str, tuple[str, ...]] = {
+#: Searchable pruners that run a statistics pass through the workload's trainer
+#: (``needs_trainer``: taylorfo, apoz, mean_activation). Opt-in: offered only when the
+#: config names them, so default searches are unchanged.
+STATS_PRUNERS: tuple[str, ...] = tuple(name for name in PRUNER_MODES if PRUNERS[name].needs_trainer)
+#: Batches a statistics pruner (taylorfo, apoz, mean_activation) runs the workload's
+#: trainer for before each pruning step: what the pruning-overhead benchmark uses
+#: (experiments/overhead). It is a whole epoch on digits (16 steps of 64) and a quarter
+#: of one on mnist1d (62 steps), paid on top of the fine-tune budget.
+DEFAULT_STATS_BATCHES = 16
+#: Every pruner a config may name, per sparsity kind, in registry order.
+SEARCHABLE_PRUNERS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for name in PRUNER_MODES if PRUNERS[name].kind == kind)
     for kind in ("weights", "channels")
 }
+#: What the search chooses from when no pruners are named, per sparsity kind, in
+#: registry order (the first is the warm start's): the searchable ones without a
+#: statistics pass.
+DEFAULT_PRUNERS: dict[str, tuple[str, ...]] = {
+    kind: tuple(name for name in names if name not in STATS_PRUNERS)
+    for kind, names in SEARCHABLE_PRUNERS.items()
+}
 WEIGHT_PRUNERS = DEFAULT_PRUNERS["weights"]
 CHANNEL_PRUNERS = DEFAULT_PRUNERS["channels"]
+
+
+def needs_trainer(pruner: str) -> bool:
+    """Whether the registered pruner ``pruner`` runs a statistics pass (takes a trainer)."""
+    cls = PRUNERS.get(pruner)
+    return bool(cls is not None and cls.needs_trainer)
 
 
 #: Channel-pruner options a search may choose (group importance, hardware-friendly widths);

@@ -47,8 +47,11 @@ class TrialCounters:
     iteration: int = 0
     progress: float = 0.0
     best_objective: float | None = None
+    #: Fine-tune epochs paid so far, statistics passes included (``stats_epochs_cum``).
     finetune_epochs_cum: float = 0.0
     finetune_seconds_cum: float = 0.0
+    #: Epochs of training data the pruner's statistics passes ran (taylorfo, apoz, ...).
+    stats_epochs_cum: float = 0.0
 
 
 class Reporter:
@@ -81,7 +84,15 @@ class Reporter:
         c.iteration += 1
         c.progress = M.progress(sparsity, target, c.progress, tol)
         epochs = meas.get("finetune_epochs")
-        c.finetune_epochs_cum += float(self.trial["finetune_epochs"] if epochs is None else epochs)
+        # A statistics pruner's pass (measurement 'stats_epochs': its batches over the
+        # workload's batches per epoch) trains the model like a fine-tune does (forward,
+        # backward, optimizer step), so it is paid in the same currency: it is added to
+        # finetune_epochs_cum, hence to every total the search reports as paid
+        # (finetune_epochs_total, screening's and the CLI's sums), and reported on its own
+        # as stats_epochs_cum so the two can be told apart.
+        stats = float(meas.get("stats_epochs") or 0.0)
+        c.stats_epochs_cum += stats
+        c.finetune_epochs_cum += float(self.trial["finetune_epochs"] if epochs is None else epochs) + stats
         c.finetune_seconds_cum += float(meas.get("finetune_seconds", 0.0) or 0.0)
         obj = M.objective(score, sparsity, target, tol, c.progress, self.higher_is_better)
         if c.best_objective is None or M.better(obj, c.best_objective, self.higher_is_better):
@@ -110,6 +121,7 @@ class Reporter:
             "macs_ratio": _ratio(macs, self.dense.get("macs")),
             "finetune_epochs_cum": c.finetune_epochs_cum,
             "finetune_seconds_cum": c.finetune_seconds_cum,
+            "stats_epochs_cum": c.stats_epochs_cum,
             M.SCHEDULE_DONE: bool(schedule_done),
             # Ticket rows (reset_weight) score untrained rewound weights: not comparable
             # with fine-tuned scores, so the fair early stopping skips them.

@@ -62,7 +62,7 @@ from tune_prune.search.finalists import (
 )
 from tune_prune.search.live_table import LiveTable
 from tune_prune.search.progress import ProgressCallback, ProgressCounts, StatusLine
-from tune_prune.search.registry import PRUNER_MODES
+from tune_prune.search.registry import PRUNER_MODES, needs_trainer
 from tune_prune.search.results import ResultFiles, write_results
 from tune_prune.search.searcher import (
     JOURNAL_FILE,
@@ -363,6 +363,8 @@ def fixed_config(cfg: SearchConfig, higher_is_better: bool = True) -> dict[str, 
         "sparsity_tolerance": cfg.tolerance,
         "sparsity_kind": cfg.sparsity_kind,
         "speedup": cfg.speedup,
+        # batches of a statistics pruner's pass (taylorfo, apoz, mean_activation)
+        "stats_batches": cfg.stats_batches,
         "baseline_cache_dir": str(cfg.resolved_baseline_cache()),
         "cpus_per_trial": cfg.cpus_per_trial,
         "gpus_per_trial": cfg.gpus_per_trial,
@@ -393,7 +395,9 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     """Check the workload and train/load the dense baseline once.
 
     Runs before any file of the experiment is written and before Ray starts, cheapest
-    checks first, each failure a tune_prune error naming its cause: ``build_model()``
+    checks first, each failure a tune_prune error naming its cause: a named statistics
+    pruner (taylorfo, apoz, mean_activation) with a workload that has no ``trainer`` or
+    ``steps_per_epoch()`` (ConfigError naming ``pruners``), ``build_model()``
     raising (WorkloadError), no layer the configured pruning can select (ConfigError:
     every config_list the search space can produce is resolved on a fresh model),
     ``evaluate`` raising or not returning a finite real number on the fresh model
@@ -409,6 +413,7 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
 
 
     workload = apply_pretrained(get_workload(cfg.workload, **cfg.workload_options), cfg.pretrained)
+    _check_statistics(cfg, workload)
     fresh = _build_fresh(cfg, workload)
     _check_prunable(cfg, fresh)
     _check_rewind(cfg, workload)
@@ -449,6 +454,19 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
         say(f"dense baseline {workload.name} (seed {cfg.seed}): val score {score:.4f}{test_text} "
             f"[{seconds:.1f} s, cache {cache}, trained in {meta.get('train_seconds', '?')} s]")
     return Checked(bool(workload.higher_is_better), split)
+
+
+def _check_statistics(cfg: SearchConfig, workload: Any) -> None:
+    """A named statistics pruner needs the workload's trainer (to run its pass) and its
+    steps per epoch (to count the pass in epochs): ConfigError naming ``pruners`` otherwise."""
+    named = [p for p in cfg.allowed_pruners if needs_trainer(p)]
+    if not named:
+        return
+    try:
+        build.statistics_kwargs(workload, cfg.stats_batches)
+        build.stats_batches_per_epoch(workload)
+    except ConfigError as exc:
+        raise ConfigError(f"pruners={cfg.pruners!r}: {named} run a statistics pass, but {exc}") from None
 
 
 def _check_rewind(cfg: SearchConfig, workload: Any) -> None:

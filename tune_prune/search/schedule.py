@@ -41,9 +41,10 @@ from tune_prune.search import build
 from tune_prune.search.dry_run import simulate
 from tune_prune.search.faults import fault_hook
 from tune_prune.search.finalists import unwrap
+from tune_prune.search.registry import DEFAULT_STATS_BATCHES, needs_trainer
 from tune_prune.search.reporting import SCHEDULER_DIR, Report, Reporter
 from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
-from tune_prune.workloads.base import apply_pretrained
+from tune_prune.workloads.base import ClassificationWorkload, apply_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
     reporter = Reporter(fixed, trial, dense, report)
     log_dir = Path(tempfile.mkdtemp(prefix="tune_prune_tasks_"))
     generator = build.make_task_generator(trial, copy.deepcopy(model), config_list, log_dir, seed)
-    pruner = build.make_pruner(trial["pruner"], trial["mode"], dummy, build.pruner_options(trial))
+    stats_pass = _StatsPass(workload, trial["pruner"], fixed, reporter)
+    pruner = build.make_pruner(trial["pruner"], trial["mode"], dummy, build.pruner_options(trial),
+                               stats_pass.kwargs)
     lr = trial.get("lr")
     base_finetuner = workload.finetuner(float(trial["finetune_epochs"]), None if lr is None else float(lr), seed,
                                         lr_schedule=trial.get("lr_schedule"))
@@ -134,7 +137,7 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
         # last ticket, the one at the target (tickets are scored untrained, NNI's order).
         retrained = bool(measurements.get("retrained_ticket"))
         done = retrained or ((not reset_weight) and build.schedule_finished(generator, measurements))
-        extra: dict[str, Any] = {"test_score": evaluator.take_test()}
+        extra: dict[str, Any] = {"test_score": evaluator.take_test(), "stats_epochs": stats_pass.take(pruner)}
         if latency:
             extra["latency_ms"] = export_latency_ms(
                 task_result.compact_model, task_result.compact_model_masks, dummy, fixed["sparsity_kind"],
@@ -197,6 +200,47 @@ def export_latency_ms(
             f"latency_repeats={repeats}) failed: {type(exc).__name__}: {exc}"
         ) from exc
     return 1000.0 * float(seconds)
+
+
+class _StatsPass:
+    """The statistics pass of a pruner with ``needs_trainer`` (taylorfo, apoz,
+    mean_activation): what it is built with, and what it cost.
+
+    ``kwargs``: the workload's trainer, optimizer factory and criterion, with
+    ``fixed['stats_batches']`` training batches (None for other pruners). The trainer
+    is wrapped so the data order of the pass is a function of the iteration (a built-in
+    workload otherwise counts its trainer calls in the process, so a resumed trial would
+    see other batches than an uninterrupted one).
+
+    :meth:`take` returns the epochs of training data the pruner ran since the last call
+    (its ``batches_seen`` over the workload's ``steps_per_epoch()``) and zeroes the
+    count, so a row without a pruning step (a retrained ticket) pays none.
+    """
+
+    def __init__(self, workload: Any, pruner: str, fixed: dict[str, Any], reporter: Reporter) -> None:
+        self.kwargs: dict[str, Any] | None = None
+        self.per_epoch = 1
+        if not needs_trainer(pruner):
+            return
+        self.per_epoch = build.stats_batches_per_epoch(workload)
+        batches = int(fixed.get("stats_batches", DEFAULT_STATS_BATCHES))
+        self.kwargs = build.statistics_kwargs(workload, batches)
+        if isinstance(workload, ClassificationWorkload):
+            own = self.kwargs["trainer"]
+
+            def trainer(model: Any, optimizer: Any, criterion: Any) -> Any:
+                # ClassificationWorkload.trainer seeds its data order from this counter (+1)
+                workload._trainer_calls = 1000 * reporter.counters.iteration
+                return own(model, optimizer, criterion)
+
+            self.kwargs["trainer"] = trainer
+
+    def take(self, pruner: Any) -> float:
+        if self.kwargs is None:
+            return 0.0
+        batches = int(getattr(pruner, "batches_seen", 0) or 0)
+        pruner.batches_seen = 0
+        return batches / self.per_epoch
 
 
 class _ScoreWithTest:

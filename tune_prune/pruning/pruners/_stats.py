@@ -14,8 +14,10 @@ from tune_prune.pruning.pruners.norm import _ChannelPruner
 class _StatsChannelPruner(_ChannelPruner):
     """A channel pruner whose importance comes from running the user's trainer."""
 
-    #: Not searchable yet: the search hands pruners no trainer for the statistics pass.
-    search_modes = None
+    #: Searchable, but only when named (``SearchConfig.pruners``): the search builds them
+    #: with the workload's trainer and counts the statistics pass in the trial's cost.
+    search_modes = _ChannelPruner.modes
+    needs_trainer = True
 
     def __init__(
         self,

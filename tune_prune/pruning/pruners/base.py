@@ -42,12 +42,15 @@ class Pruner:
     or weight elements (False); ``kind``: the search's sparsity kind it serves
     ("weights" or "channels"); ``search_modes``: the modes a schedule search may choose
     (None: the search does not offer this pruner; ``tune_prune.search.registry`` derives
-    its pruner lists from these two).
+    its pruner lists from these two); ``needs_trainer``: the pruner takes NNI's
+    ``trainer, traced_optimizer, criterion`` and runs a statistics pass (the search
+    offers such pruners only when named, and counts that pass in the trial's cost).
     """
 
     modes: ClassVar[tuple[str, ...]] = ("normal",)
     kind: ClassVar[str] = "weights"
     search_modes: ClassVar[tuple[str, ...] | None] = None
+    needs_trainer: ClassVar[bool] = False
     prunable: ClassVar[tuple[type[nn.Module], ...] | None] = None
     default_types: ClassVar[tuple[str, ...] | None] = None
     channel_wise: ClassVar[bool] = True

@@ -22,7 +22,11 @@ class SlimPruner(Pruner):
     """
 
     modes = ("normal", "global")
-    kind = "channels"  # not searchable (search_modes None): it needs a trainer
+    # Not searchable (search_modes None): its statistics pass is sparsity-regularised
+    # *training* for training_epochs whole trainer calls (Liu et al. 2017), a different
+    # cost and lr regime from the short batch-capped pass of TaylorFO/APoZ/mean activation.
+    kind = "channels"
+    needs_trainer = True
     prunable = _BN_TYPES
     default_types = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 
