@@ -26,3 +26,16 @@ def test_channels_quick(tmp_path: Path) -> None:
     assert {r["method"] for r in runs} == {"torch-pruning", "nni", "tp-rule", "mean+bn+in"}
     assert {r["round_to"] for r in runs} == {"1", "4"}
     assert "python -m experiments.channels.run --quick" in text
+
+
+def test_channels_quick_taylorfo(tmp_path: Path) -> None:
+    """The statistics pruner runs through the workload's trainer and gets its own column."""
+    text = channels_main(["--quick", "--workloads", "digits", "--rules", "nni", "taylorfo", "--round-to", "1",
+                          "--out", str(tmp_path), "--cache", str(tmp_path / "cache")])
+    with open(tmp_path / "runs.csv", newline="") as fh:
+        runs = list(csv.DictReader(fh))
+    assert {r["method"] for r in runs} == {"torch-pruning", "nni", "taylorfo"}
+    taylor = [r for r in runs if r["method"] == "taylorfo"]
+    nni = [r for r in runs if r["method"] == "nni"]
+    assert taylor[0]["macs_ratio"] == nni[0]["macs_ratio"]  # same per-layer channel counts
+    assert "taylorfo: taylorfo pruner after 16 trainer batches" in text
