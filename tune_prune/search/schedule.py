@@ -44,7 +44,7 @@ from tune_prune.search.finalists import unwrap
 from tune_prune.search.registry import DEFAULT_STATS_BATCHES, needs_trainer
 from tune_prune.search.reporting import SCHEDULER_DIR, Report, Reporter
 from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
-from tune_prune.workloads.base import ClassificationWorkload, apply_pretrained
+from tune_prune.workloads.base import apply_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +208,9 @@ class _StatsPass:
 
     ``kwargs``: the workload's trainer, optimizer factory and criterion, with
     ``fixed['stats_batches']`` training batches (None for other pruners). The trainer
-    is wrapped so the data order of the pass is a function of the iteration (a built-in
-    workload otherwise counts its trainer calls in the process, so a resumed trial would
-    see other batches than an uninterrupted one).
+    is wrapped so the data order of the pass is a function of the iteration
+    (``Workload.seed_trainer``: a built-in workload otherwise counts its trainer calls in
+    the process, so a resumed trial would see other batches than an uninterrupted one).
 
     :meth:`take` returns the epochs of training data the pruner ran since the last call
     (its ``batches_seen`` over the workload's ``steps_per_epoch()``) and zeroes the
@@ -225,12 +225,11 @@ class _StatsPass:
         self.per_epoch = build.stats_batches_per_epoch(workload)
         batches = int(fixed.get("stats_batches", DEFAULT_STATS_BATCHES))
         self.kwargs = build.statistics_kwargs(workload, batches)
-        if isinstance(workload, ClassificationWorkload):
+        if callable(getattr(workload, "seed_trainer", None)):
             own = self.kwargs["trainer"]
 
             def trainer(model: Any, optimizer: Any, criterion: Any) -> Any:
-                # ClassificationWorkload.trainer seeds its data order from this counter (+1)
-                workload._trainer_calls = 1000 * reporter.counters.iteration
+                workload.seed_trainer(1000 * reporter.counters.iteration)
                 return own(model, optimizer, criterion)
 
             self.kwargs["trainer"] = trainer

@@ -350,6 +350,16 @@ class Workload(ABC):
     ) -> None:
         """One epoch of training with the given optimizer (NNI 2.10 ``trainer`` form)."""
 
+    def seed_trainer(self, calls: int) -> None:
+        """Have the next :meth:`trainer` call draw the data order of call ``calls + 1``.
+
+        The built-in workloads seed each trainer call's data order from a counter that
+        starts at 0 in every process; a search trial resumed in a new process sets it from
+        its iteration so its statistics passes see the batches an uninterrupted trial saw.
+        A workload whose trainer keeps no such counter can leave this as it is.
+        """
+        self._trainer_calls = int(calls)
+
     # ---- defaults built on the abstract members
 
     @property
