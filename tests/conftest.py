@@ -13,3 +13,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Any attempt to start or use Ray (hence any trial) fails the test: for checks that
+    must reject a config before anything runs."""
+    import ray
+    from ray import tune
+
+    def boom(*a, **k):
+        raise AssertionError("Ray was started / a Tuner was built before validation")
+
+    monkeypatch.setattr(ray, "init", boom)
+    monkeypatch.setattr(tune, "Tuner", boom)

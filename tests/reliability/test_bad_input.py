@@ -13,19 +13,6 @@ from tune_prune.search.runner import preflight, run_search
 W = "tests.reliability.workloads:"
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Any attempt to start or use Ray (hence any trial) fails the test."""
-    import ray
-    from ray import tune
-
-    def boom(*a, **k):
-        raise AssertionError("Ray was started / a Tuner was built before validation")
-
-    monkeypatch.setattr(ray, "init", boom)
-    monkeypatch.setattr(tune, "Tuner", boom)
-
-
 @pytest.mark.parametrize(
     ("workload", "kind", "error", "match"),
     [

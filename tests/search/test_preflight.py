@@ -135,19 +135,6 @@ def no_prunable(**kw: Any) -> TinyWorkload:
 
 
 @pytest.fixture
-def no_ray(monkeypatch):
-    """Any attempt to start or use Ray (hence any trial) fails the test."""
-    import ray
-    from ray import tune
-
-    def boom(*a, **k):
-        raise AssertionError("Ray was started / a Tuner was built before validation")
-
-    monkeypatch.setattr(ray, "init", boom)
-    monkeypatch.setattr(tune, "Tuner", boom)
-
-
-@pytest.fixture
 def weights(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     state = trained_state()
     path = tmp_path / "weights.pt"

@@ -51,19 +51,6 @@ def no_steps_per_epoch(**kw: Any) -> TinyWorkload:
     return _NoStepsPerEpoch(**kw)
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Any attempt to start or use Ray (hence any trial) fails the test."""
-    import ray
-    from ray import tune
-
-    def boom(*a, **k):
-        raise AssertionError("Ray was started / a Tuner was built before validation")
-
-    monkeypatch.setattr(ray, "init", boom)
-    monkeypatch.setattr(tune, "Tuner", boom)
-
-
 def _pruner_choices(cfg: SearchConfig) -> tuple[str, ...]:
     study = optuna.create_study()
     trial = study.ask()
