@@ -60,6 +60,8 @@ from tune_prune.pruning.dependency import clear_analysis_cache
 from tune_prune.pruning.measure import count_macs
 from tune_prune.pruning.pruners.registry import get_pruner_class
 from tune_prune.pruning.speedup import speedup_model
+from tune_prune.search.build import statistics_kwargs
+from tune_prune.search.registry import DEFAULT_STATS_BATCHES, STATS_PRUNERS
 from tune_prune.workloads import get_workload, load_or_train_baseline
 from tune_prune.workloads.cifar import CifarResNet
 
@@ -77,10 +79,9 @@ RULES: dict[str, dict[str, Any]] = {
     "max+bn+in": {"normalizer": "max", "bn_scale": True, "input_weights": True},
     "mean+in": {"normalizer": "mean", "input_weights": True},
 }
-#: Statistics pruners compared too (issue 14): name -> pruner, run with the workload's
-#: trainer for STATS_BATCHES batches before pruning (not timed; not in --rules' default).
-STATS_METHODS = {"taylorfo": "taylorfo"}
-STATS_BATCHES = 16
+#: Statistics pruners (taylorfo, apoz, mean_activation) may be compared too (issue 14):
+#: built as the search builds them, after DEFAULT_STATS_BATCHES batches of the workload's
+#: trainer (not timed; not in --rules' default).
 CONV_TYPES = ["Conv1d", "Conv2d"]
 
 
@@ -89,15 +90,14 @@ def ours_compact(model: nn.Module, x: torch.Tensor, sparsity: float, rule: dict[
     """L1NormPruner(dependency_aware, rule, round_to) masks -> speedup_model (model untouched).
 
     ``rule = {"stats": name}``: that statistics pruner instead (dependency_aware, the same
-    per-layer channel counts), after ``STATS_BATCHES`` batches of ``workload.trainer``.
+    per-layer channel counts), with ``workload``'s trainer as the search gives it.
     """
     work = copy.deepcopy(model)
     config = [{"op_types": CONV_TYPES, "sparsity_per_layer": sparsity}]
     if "stats" in rule:
-        cls = get_pruner_class(rule["stats"])
-        pruner = cls(work, config, trainer=workload.trainer, traced_optimizer=workload.traced_optimizer,
-                     criterion=workload.criterion, training_batches=STATS_BATCHES,
-                     mode="dependency_aware", dummy_input=x)
+        pruner = get_pruner_class(rule["stats"])(
+            work, config, mode="dependency_aware", dummy_input=x,
+            **statistics_kwargs(workload, DEFAULT_STATS_BATCHES))
     else:
         pruner = L1NormPruner(work, config, mode="dependency_aware", dummy_input=x, round_to=round_to, **rule)
     _, masks = pruner.compress()
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> str:
                         choices=["digits", "mnist1d"])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5, 0.625, 0.75])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=[*RULES, *STATS_METHODS],
-                        help="group-importance rules, and statistics pruners (taylorfo: not in the default)")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=[*RULES, *STATS_PRUNERS],
+                        help="group-importance rules, and statistics pruners (not in the default)")
     parser.add_argument("--round-to", type=int, nargs="+", default=[1, 4],
                         help="round_to values; rules other than round_to 1 use --round-to-rules")
     parser.add_argument("--round-to-rules", nargs="+", default=["nni", "mean+bn+in"],
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> str:
     argv_used = list(argv) if argv is not None else sys.argv[1:]
     if args.quick:
         args.sparsities, args.seeds = [0.5], args.seeds[:1]
-        args.rules = [r for r in args.rules if r in ("nni", "tp-rule", "mean+bn+in", *STATS_METHODS)] or args.rules[:1]
+        args.rules = [r for r in args.rules if r in ("nni", "tp-rule", "mean+bn+in", *STATS_PRUNERS)] or args.rules[:1]
         args.round_to = [r for r in args.round_to if r in (1, 4)] or args.round_to[:1]
         args.round_to_rules = args.round_to_rules[:1]
         args.finetune_epochs, args.timing_rounds = 0.25, 2
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> str:
                 for seed in args.seeds:
                     base = load_or_train_baseline(workload, seed, args.cache).eval()
                     for method in [TP, *rules]:
-                        rule = {"stats": STATS_METHODS[method]} if method in STATS_METHODS else RULES.get(method)
+                        rule = {"stats": method} if method in STATS_PRUNERS else RULES.get(method)
                         compact = (tp_compact(base, x, ratio, rt) if method == TP
                                    else ours_compact(base, x, s, rule, rt, workload))
                         macs = count_macs(compact, x)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> str:
     write_csv(args.out / "runs.csv", records)
     footer = ["Rules (L1NormPruner keywords, dependency_aware): " + "; ".join(
         f"{k}: {v or 'defaults (NNI 2.10)'}" for k, v in RULES.items() if k in args.rules)
-        + "".join(f"; {k}: {v} pruner after {STATS_BATCHES} trainer batches" for k, v in STATS_METHODS.items()
+        + "".join(f"; {k}: {k} pruner after {DEFAULT_STATS_BATCHES} trainer batches" for k in STATS_PRUNERS
                   if k in args.rules), "",
         *paired_table(records, methods)]
     headers = ["model", "prune 50 % + removal", "ms (median)", "ratio to torch-pruning",
