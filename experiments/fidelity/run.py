@@ -15,6 +15,7 @@ full budget. This measures that, per target, before the search relies on it:
   (regret); and whether the low budget's top ``--top`` hold the full budget's best.
 
     python -m experiments.fidelity.run                        # digits, w0.95 w0.98, 3 seeds
+    python -m experiments.fidelity.run --workload mnist1d --budget 15 --fractions 0.083333 1   # the headline's screen vs final
     python -m experiments.fidelity.run --quick                # smoke run (meaningless numbers)
 """
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
     parser.add_argument("--top", type=int, default=3)
     parser.add_argument("--workload", default="digits")
+    parser.add_argument("--workload-option", action="append", default=[], metavar="KEY=JSON",
+                        help="workload constructor option, e.g. width=100 (repeatable)")
     parser.add_argument("--search-option", action="append", default=[], metavar="KEY=JSON",
                         help="SearchConfig field for the sampled space, e.g. lr_max=0.1")
     parser.add_argument("--workers", type=int, default=2)
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     if max(args.fractions) != 1.0:
         raise SystemExit("--fractions must include 1.0 (the full budget)")
-    options: dict[str, Any] = {"device": "cpu"}
+    options: dict[str, Any] = {"device": "cpu",
+                               **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.workload_option)}}
     if args.quick:
         args.targets, args.seeds, args.schedules, args.budget = args.targets[:1], args.seeds[:1], 3, 0.5
         args.fractions, args.top = [0.5, 1.0], 1

@@ -265,7 +265,10 @@ def test_one_shot_lrs_is_one_shot_at_three_lrs_in_the_range() -> None:
     cfg = SearchConfig.create(warm_start=["one_shot_lrs"])
     schedules = [_ask_with(cfg, p) for p in warm_start_points(cfg)]
     one_shot = _ask_with(cfg, warm_start_points(cfg.updated(warm_start=["one_shot"]))[0])
-    assert [s["lr"] for s in schedules] == pytest.approx([0.01 * 30 ** (1 / 6), one_shot["lr"], 0.01 * 30 ** (5 / 6)])
+    # the upper two thirds of 0.01-0.3, a third apart in log lr: the top is lr_max itself
+    assert [s["lr"] for s in schedules] == pytest.approx([0.01 * 30 ** (1 / 3), 0.01 * 30 ** (2 / 3), 0.3])
+    narrow = SearchConfig.create(warm_start=["one_shot_lrs"], lr_min=0.001, lr_max=0.008)
+    assert [_ask_with(narrow, p)["lr"] for p in warm_start_points(narrow)] == pytest.approx([0.002, 0.004, 0.008])
     for s in schedules:
         assert {k: v for k, v in s.items() if k != "lr"} == {k: v for k, v in one_shot.items() if k != "lr"}
     rewinding = SearchConfig.create(lr_schedules=["rewind"], warm_start=["one_shot_lrs"])

@@ -96,18 +96,21 @@ def warm_start_schedule(name: str, cfg: SearchConfig) -> dict[str, Any]:
 
 def warm_start_schedules(name: str, cfg: SearchConfig) -> list[dict[str, Any]]:
     """The schedules a preset names: one, or for ``one_shot_lrs`` the one-shot schedule at
-    the lr range's centre and a third of the way (in log lr) from either end (for
-    0.01-0.3: 0.018, 0.055, 0.17), the small lr grid a user would try by hand; the lr
-    that recovers a pruned network best moves up with the sparsity (at 95 % of weights
-    on digits, 0.1 beats 0.03 by 5-15 points, experiments/headline). One schedule when
-    no lr is searched (a fixed lr, or learning-rate rewinding)."""
+    the upper two thirds of the lr range, a third of the way apart in log lr (for
+    0.01-0.3: 0.031, 0.097, 0.3), the lr grid a user would try by hand after heavy
+    pruning. The lr that recovers a pruned network best sits high in the range: in the
+    headline's hand schedules (experiments/README.md) the validation-picked one-shot lr
+    was 0.03, 0.1 or 0.3 on 59 of 60 (cell, seed) pairs, and 0.3 on 14 of 20 on digits'
+    weights, where stop 19's grid (0.018, 0.055, 0.17) reached neither 0.03 nor 0.3. One
+    schedule when no lr is searched (a fixed lr, or learning-rate rewinding)."""
     if name != "one_shot_lrs":
         return [warm_start_schedule(name, cfg)]
     centre = warm_start_schedule("one_shot", cfg)
     if "lr" not in centre or cfg.lr_min == cfg.lr_max:
         return [centre]
     lo, hi = math.log(cfg.lr_min), math.log(cfg.lr_max)
-    return [{**centre, "lr": math.exp(lo + f * (hi - lo))} for f in (1 / 6, 1 / 2, 5 / 6)]
+    # clamped: exp(log(lr_max)) may round a hair above lr_max, which the space rejects
+    return [{**centre, "lr": min(cfg.lr_max, math.exp(lo + f * (hi - lo)))} for f in (1 / 3, 2 / 3, 1.0)]
 
 
 def warm_start_points(cfg: SearchConfig) -> list[dict[str, Any]]:
