@@ -105,10 +105,13 @@ def test_headline_quick(headline_quick: tuple[Path, str]) -> None:
     for hand in ("one-shot", "AGP", "IMP + rewinding"):
         assert {(hand, "final"), (hand, "paid")} <= methods
     paid = {(r[1], r[2]): float(r[8]) for r in rows}
-    # the search's defaults (here: 2 trials at a quarter of a 0.5-epoch budget, then the
-    # best one and the best warm start at 3x the budget); the hand rows get what it paid
+    # the search's defaults (here: 2 trials screened at DEFAULT_SCREEN_FRACTION of a 0.5-epoch
+    # budget, then the best one and the best warm start at 3x the budget); the hand rows get what it paid
+    from tune_prune.search.config import DEFAULT_SCREEN_FRACTION
+
     searched = paid[("search (defaults)", "–")]
-    assert 2 * 0.125 + 1.5 - 1e-9 <= searched <= 2 * 0.125 + 2 * 1.5 + 1e-9
+    screened = 2 * DEFAULT_SCREEN_FRACTION * 0.5
+    assert screened + 1.5 - 1e-9 <= searched <= screened + 2 * 1.5 + 1e-9
     assert paid[("one-shot", "paid")] == pytest.approx(searched) and paid[("one-shot", "final")] == 1.5
     assert "search (defaults) − NNI default" in text
 

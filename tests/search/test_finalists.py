@@ -70,7 +70,7 @@ def test_final_budget_and_unwrap() -> None:
     cfg = SearchConfig.create(screen_fraction=0.5, finetune_budget=6.0, final_budget=10.0)
     assert (cfg.screen_budget, cfg.full_budget, cfg.screening) == (3.0, 10.0, True)
     default = SearchConfig.create()
-    assert (default.screening, default.screen_budget, default.full_budget) == (True, 1.25, 15.0)  # 3x
+    assert (default.screening, default.screen_budget, default.full_budget) == (True, 3.75, 15.0)  # a quarter of the 3x final budget
     plain = SearchConfig.create(screen_fraction=1)
     assert (plain.screening, plain.screen_budget, plain.full_budget) == (False, 5.0, 5.0)
     # where screening cannot apply, the default turns it off; asked for, it is an error

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Search over iterative pruning schedules with Ray Tune + Optuna. Each trial runs "
             "one task generator + pruner configuration from the cached dense baseline and "
             "reports every pruning iteration. With no arguments: a short search on digits "
-            "(8 trials of 1-5 iterations, each screened on a quarter of a 5-epoch fine-tune budget, "
+            "(8 trials of 1-5 iterations, each screened on 3.75 fine-tune epochs, "
             "the first four warm starts: one-shot at three lrs and simulated annealing; the best "
             "one and the best warm start then again at 15 epochs) on a local Ray instance."
         ),
