@@ -8,6 +8,7 @@ The scripts are run as modules from the repository root, e.g.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import shlex
@@ -36,6 +37,21 @@ def machine_lines() -> list[str]:
         f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}",
         f"load average (1/5/15 min) at this point: {load}",
     ]
+
+
+def key_json_options(items: Sequence[str], flag: str = "--option") -> dict[str, Any]:
+    """``KEY=JSON`` command-line items (``--workload-option width=100``) -> a dict;
+    SystemExit naming ``flag`` and the item when one has no ``=`` or its value is not JSON."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("expected KEY=JSON")
+            out[key] = json.loads(value)
+        except ValueError as exc:
+            raise SystemExit(f"{flag} {item!r}: {exc}") from None
+    return out
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -45,7 +45,6 @@ Per seed, everything starts from that seed's cached dense baseline
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import statistics
@@ -59,7 +58,14 @@ from typing import Any
 
 import torch
 
-from experiments._common import DEFAULT_CACHE, command_line, machine_lines, write_csv, write_results
+from experiments._common import (
+    DEFAULT_CACHE,
+    command_line,
+    key_json_options,
+    machine_lines,
+    write_csv,
+    write_results,
+)
 from experiments.speedup.run import tp_compact
 
 MODULE = "experiments.channels_latency.run"
@@ -222,9 +228,8 @@ def main(argv: list[str] | None = None) -> str:
     out_dir = args.out or HERE / args.workload
     torch.set_num_threads(1)
 
-    options: dict[str, Any] = {"device": "cpu",
-                               **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.workload_option)}}
-    search_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.search_option)}
+    options: dict[str, Any] = {"device": "cpu", **key_json_options(args.workload_option, "--workload-option")}
+    search_options = key_json_options(args.search_option, "--search-option")
     if args.quick:
         args.seeds, args.tp_ratios, args.lrs = args.seeds[:1], [0.3, 0.7], args.lrs[1:2]
         args.budget, args.num_samples = 0.5, 2

@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from experiments._common import DEFAULT_CACHE, command_line, machine_lines, write_csv, write_results
+from experiments._common import (
+    DEFAULT_CACHE,
+    command_line,
+    key_json_options,
+    machine_lines,
+    write_csv,
+    write_results,
+)
 
 HERE = Path(__file__).resolve().parent
 MODULE = "experiments.fidelity.run"
@@ -145,8 +152,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     if max(args.fractions) != 1.0:
         raise SystemExit("--fractions must include 1.0 (the full budget)")
-    options: dict[str, Any] = {"device": "cpu",
-                               **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.workload_option)}}
+    options: dict[str, Any] = {"device": "cpu", **key_json_options(args.workload_option, "--workload-option")}
     if args.quick:
         args.targets, args.seeds, args.schedules, args.budget = args.targets[:1], args.seeds[:1], 3, 0.5
         args.fractions, args.top = [0.5, 1.0], 1
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> str:
     from tune_prune.search.runner import fixed_config
     from tune_prune.workloads import get_workload, load_or_train_baseline
 
-    search_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.search_option)}
+    search_options = key_json_options(args.search_option, "--search-option")
     workload = get_workload(args.workload, **options)
     header = [command_line(MODULE, argv_used), *machine_lines(),
               f"workload {args.workload} {workload.config}", f"search options {search_options}"]

@@ -41,7 +41,14 @@ from typing import Any
 
 import torch
 
-from experiments._common import DEFAULT_CACHE, command_line, machine_lines, write_csv, write_results
+from experiments._common import (
+    DEFAULT_CACHE,
+    command_line,
+    key_json_options,
+    machine_lines,
+    write_csv,
+    write_results,
+)
 from experiments.search_vs_hand.run import calibrate_channels, parse_target
 
 MODULE = "experiments.headline.run"
@@ -212,9 +219,8 @@ def main(argv: list[str] | None = None) -> str:
     from tune_prune.search.runner import fixed_config
     from tune_prune.workloads import get_workload, load_or_train_baseline
 
-    options: dict[str, Any] = {"device": "cpu",
-                               **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.workload_option)}}
-    search_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.search_option)}
+    options: dict[str, Any] = {"device": "cpu", **key_json_options(args.workload_option, "--workload-option")}
+    search_options = key_json_options(args.search_option, "--search-option")
     if args.quick:
         args.seeds, args.lrs, args.searches = args.seeds[:1], args.lrs[:1], args.searches[:1]
         args.targets = args.targets[:1]
