@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> str:
     workload = get_workload(args.workload, **options)
     defaults = SearchConfig.create(**search_options)
     final_budget = float(defaults.full_budget)
-    # the most the default search can pay (its best warm start a finalist too); the hand rows'
-    # paid budget is what it did pay per (target, seed) when it ran, this otherwise
-    warm_finalist = 1 if defaults.screening and defaults.warm_start else 0  # "none" parses to []
+    # the most the default search can pay (with warm_finalist its best warm start a finalist too);
+    # the hand rows' paid budget is what it did pay per (target, seed) when it ran, this otherwise
+    warm_finalist = 1 if defaults.screening and defaults.warm_start and defaults.warm_finalist else 0
     paid_budget = (defaults.num_samples * defaults.screen_budget
                    + (defaults.finalists + warm_finalist) * final_budget
                    if defaults.screening else defaults.num_samples * final_budget)

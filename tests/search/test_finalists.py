@@ -53,12 +53,15 @@ def test_pick_finalists_distinct_at_target_in_order_at_the_full_budget(tmp_path)
     ]).sort_values("objective", ascending=False)
     finalists = pick_finalists(best, cfg)
     assert [f["screen_trial_id"] for f in finalists] == ["a", "b"]
-    # the best warm start is always a finalist (the pick never falls below it), once
+    # by default a warm start is a finalist only by screening among the best
     warm = best.assign(warm_start=best["trial_id"].eq("c"))
-    assert [f["screen_trial_id"] for f in pick_finalists(warm, cfg)] == ["a", "b", "c"]
+    assert [f["screen_trial_id"] for f in pick_finalists(warm, cfg)] == ["a", "b"]
+    # warm_finalist: the best warm start is a finalist too (the pick never falls below it), once
+    guarded = cfg.updated(warm_finalist=True)
+    assert [f["screen_trial_id"] for f in pick_finalists(warm, guarded)] == ["a", "b", "c"]
     # the best warm start (a_again: a's schedule) is a finalist already: nothing added
     warm = best.assign(warm_start=best["trial_id"].isin(["c", "a_again"]))
-    assert [f["screen_trial_id"] for f in pick_finalists(warm, cfg)] == ["a", "b"]
+    assert [f["screen_trial_id"] for f in pick_finalists(warm, guarded)] == ["a", "b"]
     assert finalists[0]["finetune_epochs"] == 12.0  # one-shot: the whole full budget (3 x 4 by default)
     assert finalists[1]["finetune_epochs"] == pytest.approx(12.0 / 4)  # 3 tickets + the retrain
     assert all("fixed" not in f for f in finalists)

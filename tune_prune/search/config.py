@@ -165,7 +165,8 @@ class SearchConfig(BaseModel):
     warm_start: list[str | dict[str, Any]] = Field(
         ["one_shot_lrs", "annealing"],
         description="schedules run first, before the sampler proposes any, so the search's "
-        "pick is never below them (the best of them is a finalist when screening): presets "
+        "pick is never below them on val without screening (with it, only under warm_finalist; "
+        "the screen ranks them with the rest): presets "
         "'one_shot' (prune once, fine-tune the whole budget; global ranking for weights) and "
         "'agp' (AGP over max_iterations, NNI's shape), 'annealing' (simulated annealing's "
         "searched per-layer allocation over 3 tasks; what wins at 95-98 % of weights), "
@@ -192,8 +193,14 @@ class SearchConfig(BaseModel):
     )
     finalists: int = Field(
         1, ge=1, description="with screen_fraction < 1: how many of the best screened schedules are "
-        "run again at the full budget (each costs one more budget); the warm-start schedules are "
-        "finalists as well, so the pick is never below them on select_split",
+        "run again at the full budget (each costs one more budget)",
+    )
+    warm_finalist: bool = Field(
+        False, description="with screen_fraction < 1: the best warm-start schedule is a finalist as "
+        "well when it did not screen first, so the pick is never below it on select_split (a "
+        "guard against a screen that misranks; costs one more full budget where it runs: 0.1-0.8x "
+        "the final schedule's epochs, and added +0.4 points on average over 6 weight cells, "
+        "experiments/README.md 'Finalists')",
     )
     final_budget: float | None = Field(
         None, gt=0.0, description="fine-tune epochs of each finalist's schedule (default: 3 x "
