@@ -45,13 +45,14 @@ DEFAULT_FINETUNE_BUDGET = 5.0
 #: does not rank schedules at 98 % of weights (Spearman 0.06-0.19 against 15 epochs; on
 #: digits every screened trial sat at chance) while a quarter does on digits (0.69; 0.80
 #: at 95 %). With it the default search gained 3.4-8.8 points at 98 % (experiments/headline)
-#: and its sampled trials became the pick in 16 of 60 searches (8 at 0.25), at 2.9-3.6x the
-#: final schedule's epochs (1.6-2.2x at 0.25, still available with screen_fraction=0.25).
+#: and its sampled trials became the pick in 16 of 60 searches (8 at 0.25). With one
+#: finalist it pays at most 3x the final schedule's epochs (at most 1.7x at 0.25, still
+#: available with screen_fraction=0.25).
 DEFAULT_SCREEN_FRACTION = 0.75
 #: With screening and no final_budget, the finalists get this many times finetune_budget:
 #: the schedule that wins the screen gets the long fine-tune (at 3x the search pays
-#: 2.9-3.6x its final schedule with the default screen; experiments/headline measures
-#: both the final budget and everything it paid).
+#: 2.5-3.0x its final schedule with the default screen and one finalist; experiments/headline
+#: measures both the final budget and everything it paid).
 DEFAULT_FINAL_BUDGET_FACTOR = 3.0
 #: Default sparsity tolerance: for weights a share of what the target leaves (a fixed
 #: 0.02 let AGP's second-to-last step, 96.5 %, count as 98 %: 75 % more weights), for
@@ -187,8 +188,8 @@ class SearchConfig(BaseModel):
         description="fraction of finetune_budget each searched schedule gets (screening); below 1 "
         "the best `finalists` schedules are run again at final_budget and the search picks among "
         "them on select_split. 1 = no screening: every trial gets the whole budget. The default "
-        "(0.75 of 5 epochs, 1 finalist + the warm start at 3 x 5 epochs) pays about 43-54 epochs "
-        "for 8 trials, 2.9-3.6x the final schedule's 15; 0.25 pays 1.6-2.2x but does not rank "
+        "(0.75 of 5 epochs, 1 finalist at 3 x 5 epochs) pays at most 45 epochs for 8 trials "
+        "(40-45 measured), 3x the final schedule's 15; 0.25 pays at most 1.7x but does not rank "
         "schedules at 98 % of weights (experiments/fidelity)",
     )
     finalists: int = Field(
@@ -198,9 +199,9 @@ class SearchConfig(BaseModel):
     warm_finalist: bool = Field(
         False, description="with screen_fraction < 1: the best warm-start schedule is a finalist as "
         "well when it did not screen first, so the pick is never below it on select_split (a "
-        "guard against a screen that misranks; costs one more full budget where it runs: 0.1-0.8x "
-        "the final schedule's epochs, and added +0.4 points on average over 6 weight cells, "
-        "experiments/README.md 'Finalists')",
+        "guard against a screen that misranks; one more full budget where it runs: 0.1-0.8x "
+        "the final schedule's epochs on average; it changed the pick on 2 of the headline's 10 "
+        "cells, experiments/README.md 'Finalists')",
     )
     final_budget: float | None = Field(
         None, gt=0.0, description="fine-tune epochs of each finalist's schedule (default: 3 x "
