@@ -47,20 +47,12 @@ from experiments._common import (
     write_csv,
     write_results,
 )
+from experiments.fidelity.run import parse_target
 
 HERE = Path(__file__).resolve().parent
 MODULE = "experiments.finalists.run"
 MARGINS = (0.01, 0.02)
 SCHEDULE_KEYS = ("generator", "pruner", "mode", "total_iteration", "lr", "reset_weight")
-
-
-def parse_target(token: str) -> tuple[str, float]:
-    """``w0.95`` -> ('weights', 0.95); ``ch0.5`` -> ('channels', 0.5)."""
-    if token.startswith("w"):
-        return "weights", float(token[1:])
-    if token.startswith("ch"):
-        return "channels", float(token[2:])
-    raise SystemExit(f"target {token!r}: expected wS (weight sparsity) or chS (channel sparsity)")
 
 
 def search_record(out: Any, full_budget: float) -> dict[str, Any]:

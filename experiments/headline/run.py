@@ -91,6 +91,16 @@ def run_hand(job: dict[str, Any]) -> dict[str, Any]:
             "schedule": json.dumps(job["trial"], sort_keys=True)}
 
 
+def search_defaults(search_options: dict[str, Any], targets: list[str]) -> Any:
+    """The default search's config under ``--search-option`` (its budgets bound the hand rows');
+    of the channel kind when every target is a channel one, so channel-only options validate."""
+    from tune_prune.search.config import SearchConfig
+
+    kinds = {parse_target(token)[0] for token in targets}
+    kind = {"sparsity_kind": "channels"} if kinds == {"channels"} else {}
+    return SearchConfig.create(**kind, **search_options)
+
+
 def run_one_search(values: dict[str, Any]) -> dict[str, Any]:
     """run_search on the Ray instance already started; its pick, TEST score and epochs paid."""
     from tune_prune.search.config import SearchConfig
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> str:
         search_options = {"finetune_budget": 0.5, "num_samples": 2, "max_iterations": 2, **search_options}
         args.agp_iterations = 2
     workload = get_workload(args.workload, **options)
-    defaults = SearchConfig.create(**search_options)
+    defaults = search_defaults(search_options, args.targets)
     final_budget = float(defaults.full_budget)
     # the most the default search can pay (with warm_finalist its best warm start a finalist too);
     # the hand rows' paid budget is what it did pay per (target, seed) when it ran, this otherwise

@@ -147,3 +147,14 @@ def test_headline_reuse_reruns_only_the_paid_rows_a_search_changes(
     kept = [r for r in rerun if r.get("budget_name") != "paid" and r["method"] != "search (defaults)"]
     assert sorted(map(json.dumps, kept)) == sorted(
         json.dumps(r) for r in first if r.get("budget_name") != "paid" and r["method"] != "search (defaults)")
+
+
+def test_headline_search_defaults_take_channel_options_for_channel_targets() -> None:
+    from experiments.headline.run import search_defaults
+    from tune_prune.errors import ConfigError
+
+    options = {"channel_options": {"normalizer": ["none", "mean"]}}
+    assert search_defaults(options, ["c4x", "c6x"]).sparsity_kind == "channels"
+    assert search_defaults({}, ["w0.95"]).sparsity_kind == "weights"
+    with pytest.raises(ConfigError, match="channel_options"):  # weights targets cannot take them
+        search_defaults(options, ["w0.95", "c4x"])
