@@ -50,4 +50,3 @@ def test_from_records_writes_the_table_against_the_best_hand_schedule(tmp_path: 
     # one-shot's lr is picked on val (0.1: test 40 %), not test (0.3: 99 %): top1 (41 %) is +1.00 ahead
     assert "| w0.95 | top1 | 2 | 41.00 | 1.0 | 3.00x | 3.00x | +1.00 | 2/2 | one-shot |" in table
     assert "- top1+warm: pick − best hand +31.00 points per cell" in table
-
