@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             "reports every pruning iteration. With no arguments: a short search on digits "
             "(8 trials of 1-5 iterations, each screened on 3.75 fine-tune epochs, "
             "the first four warm starts: one-shot at three lrs and simulated annealing; the best "
-            "one and the best warm start then again at 15 epochs) on a local Ray instance."
+            "one then again at 15 epochs) on a local Ray instance."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
