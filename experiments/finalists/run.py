@@ -96,11 +96,11 @@ def policies(rec: dict[str, Any], top: int) -> dict[str, tuple[float, float, int
     return out
 
 
-def best_hand(paths: list[Path], target: str) -> tuple[str, dict[int, float]]:
-    """The best hand schedule at the final budget (highest mean TEST, lr picked on val): name, TEST % per seed."""
+def best_hand(rows: list[dict[str, Any]], target: str) -> tuple[str, dict[int, float]]:
+    """The best hand schedule at the final budget (highest mean TEST, lr picked on val) among a
+    headline run's records: its name and TEST % per seed."""
     from experiments.headline.run import lr_picked
 
-    rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
     by: dict[str, dict[int, float]] = defaultdict(dict)
     for r in lr_picked(rows):
         if r["target"] == target and r.get("budget_name") == "final":
@@ -112,21 +112,22 @@ def best_hand(paths: list[Path], target: str) -> tuple[str, dict[int, float]]:
 
 
 def summarise(records: list[dict[str, Any]], hand_paths: list[Path], top: int) -> tuple[list[list[Any]], list[str]]:
+    hand_rows = [json.loads(line) for p in hand_paths for line in p.read_text().splitlines() if line.strip()]
     rows, footer = [], []
     over: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for target in dict.fromkeys(r["target"] for r in records):
         mine = [r for r in records if r["target"] == target]
-        hand_name, hand = best_hand(hand_paths, target)
-        for name in policies(mine[0], top):
-            res = [(r["seed"], *policies(r, top)[name]) for r in mine]
-            tests = [t for _, t, _, _ in res]
-            times = [p / r["final_budget"] for (_, _, p, _), r in zip(res, mine)]
-            diffs = [t - hand[s] for s, t, _, _ in res if s in hand]
+        replayed = [policies(r, top) for r in mine]
+        hand_name, hand = best_hand(hand_rows, target)
+        for name in replayed[0]:
+            tests = [got[name][0] for got in replayed]
+            times = [got[name][1] / r["final_budget"] for got, r in zip(replayed, mine)]
+            diffs = [got[name][0] - hand[r["seed"]] for got, r in zip(replayed, mine) if r["seed"] in hand]
             diff = statistics.fmean(diffs) if diffs else float("nan")
             over[name].append((diff, max(times)))
             rows.append([target, name, len(mine), f"{statistics.fmean(tests):.2f}",
-                         f"{statistics.fmean(n for *_, n in res):.1f}", f"{statistics.fmean(times):.2f}x",
-                         f"{max(times):.2f}x", f"{diff:+.2f}" if diffs else "–",
+                         f"{statistics.fmean(got[name][2] for got in replayed):.1f}",
+                         f"{statistics.fmean(times):.2f}x", f"{max(times):.2f}x", f"{diff:+.2f}" if diffs else "–",
                          f"{sum(d >= 1 for d in diffs)}/{len(diffs)}" if diffs else "–", hand_name])
     for name, cells in over.items():
         footer.append(f"- {name}: pick − best hand {statistics.fmean(d for d, _ in cells):+.2f} points per cell; "

@@ -8,6 +8,7 @@ evaluation of the stored models, the tables) is checked.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,17 @@ def test_early_stopping_quick(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == ["fair", "asha", "none"]
     assert "python -m experiments.early_stopping.run --quick" in text
     assert (tmp_path / "runs.csv").is_file()
+
+
+def test_finalists_quick(tmp_path: Path) -> None:
+    """The finalists script's real path: screened searches with every candidate run, then the replay."""
+    from experiments.finalists.run import main as finalists_main
+
+    finalists_main(["--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")])
+    headers, rows = _table(tmp_path)
+    assert headers[:2] == ["target", "finalists policy"]
+    assert [r[1] for r in rows][:2] == ["top1", "top1+warm"]
+    records = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["finalists"]
+    screened = [f["screen_objective"] for f in records[0]["finalists"]]
+    assert screened == sorted(screened, reverse=True)  # the screen's order, which the policies replay

@@ -16,9 +16,9 @@ With ``warm_finalist`` the best warm-start schedule (by screened objective) is a
 as well when it is not among them, so the pick is never below it on the select split (close
 to the guarantee an unscreened search gives on val for every warm start). It is off by
 default: at a screen of 0.75 (stop 21, 6 weight cells, 40 searches) it moved the mean test
-score on one cell only (MNIST-1D width 25 at 95 %, +2.2 points over 5 seeds) and cost 0.1-0.8x the final schedule's epochs; at a screen of 0.25 it had
-saved a digits 98 % search whose first-ranked 4-step per-layer schedule scored 10 % at the
-full budget.
+score on one cell only (MNIST-1D width 25 at 95 %, +2.2 points over 5 seeds) and cost
+0.1-0.8x the final schedule's epochs; at a screen of 0.25 it had saved a digits 98 % search
+whose first-ranked 4-step per-layer schedule scored 10 % at the full budget.
 """
 
 from __future__ import annotations
