@@ -55,12 +55,17 @@ MODULE = "experiments.headline.run"
 HERE = Path(__file__).resolve().parent
 NNI = "NNI default (AGP 10 x 1 ep, lr 0.01)"
 HAND = ("one-shot", "AGP", "IMP + rewinding")
+#: With --hand-distill W: one-shot whose fine-tune also distils from the dense model (weight W),
+#: the hand reference for a search that may distil; counted among the hand schedules.
+DISTILLED = "one-shot + distillation"
 SEARCHES = {"search (defaults)": {}, "search, 16 trials": {"num_samples": 16},
             "random search": {"sampler": "random"}}
 
 
-def hand_schedule(method: str, kind: str, budget: float, lr: float, agp_iterations: int) -> dict[str, Any]:
-    """A hand schedule as a normalised trial config (what the search's space would produce)."""
+def hand_schedule(method: str, kind: str, budget: float, lr: float, agp_iterations: int,
+                  distill: tuple[float, float] | None = None) -> dict[str, Any]:
+    """A hand schedule as a normalised trial config (what the search's space would produce);
+    ``distill`` = (weight, temperature) for :data:`DISTILLED`."""
     mode = "global" if kind == "weights" else "normal"
     pruner = "level" if kind == "weights" else "l1"
     base = {"pruner": pruner, "mode": mode, "lr": lr, "lr_schedule": "cosine", "reset_weight": False}
@@ -68,6 +73,11 @@ def hand_schedule(method: str, kind: str, budget: float, lr: float, agp_iteratio
         return {**base, "generator": "agp", "mode": "normal", "total_iteration": 10, "finetune_epochs": 1.0}
     if method == "one-shot":
         return {**base, "generator": "agp", "total_iteration": 1, "finetune_epochs": budget}
+    if method == DISTILLED:
+        if distill is None:
+            raise ValueError(f"{DISTILLED!r} needs distill=(weight, temperature)")
+        return {**base, "generator": "agp", "total_iteration": 1, "finetune_epochs": budget,
+                "distill": distill[0], "distill_temperature": distill[1]}
     if method == "AGP":
         return {**base, "generator": "agp", "total_iteration": agp_iterations,
                 "finetune_epochs": budget / agp_iterations}
@@ -114,7 +124,7 @@ def run_one_search(values: dict[str, Any]) -> dict[str, Any]:
     paid = float(out.best["finetune_epochs_total"].sum())
     if out.screen_best is not None:
         paid += float(out.screen_best["finetune_epochs_total"].sum())
-    keys = ("generator", "pruner", "mode", "total_iteration", "lr", "lr_schedule", "reset_weight")
+    keys = ("generator", "pruner", "mode", "total_iteration", "lr", "lr_schedule", "reset_weight", "distill")
     return {"val": float(pick["objective"]), "test": float(pick["test_score"]), "sparsity": float(pick["sparsity"]),
             "macs_ratio": float(pick.get("macs_ratio", float("nan"))),
             "epochs_final": float(pick["finetune_epochs_cum"]), "epochs_paid": paid,
@@ -163,7 +173,7 @@ def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
 
         search = by_seed("search (defaults)")
         for budget in ("final", "paid"):
-            hands = {m: by_seed(m, budget) for m in HAND}
+            hands = {m: by_seed(m, budget) for m in (*HAND, DISTILLED)}
             hands = {m: v for m, v in hands.items() if v}
             if not hands or not search:
                 continue
@@ -192,6 +202,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3],
                         help="the hand schedules' lr grid (picked on validation per seed)")
     parser.add_argument("--agp-iterations", type=int, default=5)
+    parser.add_argument("--hand-distill", type=float, default=None, metavar="W",
+                        help=f"add the hand row {DISTILLED!r}: one-shot whose fine-tune distils from the "
+                        "dense model at weight W (temperature: the search's distill_temperature), at every "
+                        "lr of --lrs, counted among the hand schedules")
     parser.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
     parser.add_argument("--search-option", action="append", default=[], metavar="KEY=JSON",
                         help="SearchConfig field for every search (and the budgets derived from it)")
@@ -212,6 +226,8 @@ def main(argv: list[str] | None = None) -> str:
                         "(with --hand-records: rerun only the hand rows whose paid budget they change)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 lr, tiny budgets, 1-epoch baseline")
     args = parser.parse_args(argv)
+    if args.hand_distill is not None and not 0.0 < args.hand_distill <= 1.0:
+        parser.error(f"--hand-distill must be in (0, 1], got {args.hand_distill!r}")
     argv_used = list(argv) if argv is not None else sys.argv[1:]
     out_dir = args.out or HERE / args.workload
     torch.set_num_threads(1)
@@ -332,14 +348,17 @@ def main(argv: list[str] | None = None) -> str:
             if (token, seed, NNI, None, 0.01) not in done:
                 jobs.append({"fixed": fixed, "trial": hand_schedule(NNI, kind, 10, 0.01, 10),
                              "key": {**key, "method": NNI, "lr": 0.01}})
-            for method in HAND:
+            methods = (*HAND, DISTILLED) if args.hand_distill is not None else HAND
+            distill = (args.hand_distill, float(defaults.distill_temperature))
+            for method in methods:
                 paid = paid_by.get((token, seed), paid_budget)
                 for budget_name, budget in (("final", final_budget), ("paid", paid)):
                     for lr in args.lrs:
                         if (token, seed, method, budget_name, lr) in done:
                             continue
                         jobs.append({"fixed": fixed,
-                                     "trial": hand_schedule(method, kind, budget, lr, args.agp_iterations),
+                                     "trial": hand_schedule(method, kind, budget, lr, args.agp_iterations,
+                                                            distill),
                                      "key": {**key, "method": method, "budget_name": budget_name, "lr": lr}})
     # spawn: this process has run Ray, whose threads a forked child would inherit half-way
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:

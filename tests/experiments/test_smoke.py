@@ -149,6 +149,29 @@ def test_headline_reuse_reruns_only_the_paid_rows_a_search_changes(
         json.dumps(r) for r in first if r.get("budget_name") != "paid" and r["method"] != "search (defaults)")
 
 
+def test_headline_hand_distill_adds_a_distilled_one_shot_row(
+        headline_quick: tuple[Path, str], tmp_path: Path) -> None:
+    from experiments.headline.run import DISTILLED, hand_schedule
+    from experiments.headline.run import main as headline_main
+
+    out, _ = headline_quick
+    records = str(out / "first" / "runs.jsonl")
+    headline_main(["--quick", "--cache", str(out / "cache"), "--workers", "1", "--out", str(tmp_path / "kd"),
+                   "--hand-records", records, "--search-records", records, "--hand-distill", "0.5"])
+    rows = [json.loads(line) for line in (tmp_path / "kd" / "runs.jsonl").read_text().splitlines()]
+    first = (out / "first" / "runs.jsonl").read_text().splitlines()
+    distilled = [r for r in rows if r["method"] == DISTILLED]
+    assert len(rows) == len(first) + len(distilled)  # the rest reused, nothing else rerun
+    assert {r["budget_name"] for r in distilled} == {"final", "paid"}
+    for r in distilled:
+        schedule = json.loads(r["schedule"])
+        assert (schedule["distill"], schedule["distill_temperature"], schedule["total_iteration"]) == (0.5, 2.0, 1)
+    with pytest.raises(ValueError, match="needs distill"):
+        hand_schedule(DISTILLED, "weights", 15.0, 0.1, 5)
+    with pytest.raises(SystemExit):
+        headline_main(["--quick", "--hand-distill", "1.5"])
+
+
 def test_headline_search_defaults_take_channel_options_for_channel_targets() -> None:
     from experiments.headline.run import search_defaults
     from tune_prune.errors import ConfigError
@@ -158,3 +181,23 @@ def test_headline_search_defaults_take_channel_options_for_channel_targets() -> 
     assert search_defaults({}, ["w0.95"]).sparsity_kind == "weights"
     with pytest.raises(ConfigError, match="channel_options"):  # weights targets cannot take them
         search_defaults(options, ["w0.95", "c4x"])
+
+
+def test_distill_quick_and_its_pairing(tmp_path: Path) -> None:
+    from experiments.distill.run import main as distill_main
+    from experiments.distill.run import summarise
+
+    text = distill_main(["--quick", "--out", str(tmp_path), "--cache", str(tmp_path / "cache"), "--workers", "1"])
+    headers, rows = _table(tmp_path)
+    assert [r[1] for r in rows] == ["0", "0.5", "0.9"] and all(r[-1] == "1" for r in rows)
+    assert "python -m experiments.distill.run --quick" in text
+    # the lr is picked on val per seed; the difference is paired with plain fine-tuning's pick
+    recs = [{"target": "w0.9", "seed": s, "lr": lr, "weight": w, "temperature": 0.0 if w == 0 else 2.0,
+             "val": val, "test": test, "seconds": 1.0}
+            for s, lr, w, val, test in [(0, 0.1, 0.0, 0.8, 0.70), (0, 0.3, 0.0, 0.9, 0.75),
+                                        (0, 0.1, 0.5, 0.95, 0.72), (0, 0.3, 0.5, 0.7, 0.99),
+                                        (1, 0.1, 0.0, 0.9, 0.60), (1, 0.1, 0.5, 0.9, 0.66)]]
+    _, table = summarise(recs)
+    plain, taught = table
+    assert plain[3] == "67.50 ± 10.61" and plain[6] == "0.1 0.3"
+    assert taught[3] == "69.00 ± 4.24" and taught[4] == "+1.50" and taught[5] == "1/1/0"

@@ -114,6 +114,18 @@ def knows_its_schedule(**kw: Any) -> TinyWorkload:
     return _KnowsItsSchedule(**kw)
 
 
+class _NoDistill(TinyWorkload):
+    """A workload whose finetune() predates distillation (no ``distill`` keyword)."""
+
+    def finetune(self, model: nn.Module, epochs: float, lr: float, seed: int = 0,
+                 lr_schedule: str | None = None) -> dict[str, Any]:
+        return super().finetune(model, epochs, lr, seed, lr_schedule)
+
+
+def no_distill(**kw: Any) -> TinyWorkload:
+    return _NoDistill(**kw)
+
+
 def bad_build(**kw: Any) -> TinyWorkload:
     return _BadBuild(**kw)
 
@@ -210,6 +222,17 @@ def test_lr_rewinding_from_weights_of_unknown_schedule_is_refused(tmp_path, no_r
     cfg = _cfg(tmp_path, HERE + "knows_its_schedule", pretrained=str(path), lr_schedules=["cosine", "rewind"])
     assert check_workload(cfg).higher_is_better  # a workload that knows the lrs may rewind
     assert check_workload(_cfg(tmp_path, lr_schedules=["rewind"])).higher_is_better  # trained: fine
+
+
+def test_distillation_needs_a_finetune_that_takes_it(tmp_path, no_ray) -> None:
+    TRAININGS.clear()
+    with pytest.raises(ConfigError, match=r"distill_weights=\[0.0, 0.5\]: workload .*no_distill.* has a "
+                                          r"finetune\(\) without a distill parameter"):
+        run_search(_cfg(tmp_path, HERE + "no_distill", distill_weights=[0, 0.5]))
+    assert TRAININGS == [] and not (tmp_path / "res").exists()
+    # weight 0 only never distils; the built-in workload class takes the keyword
+    assert check_workload(_cfg(tmp_path, HERE + "no_distill", distill_weights=[0])).higher_is_better
+    assert check_workload(_cfg(tmp_path, distill_weights=[0.5])).higher_is_better
 
 
 def test_weights_file_that_is_no_state_dict_is_named(tmp_path, no_ray) -> None:

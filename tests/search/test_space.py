@@ -261,6 +261,29 @@ def test_lr_schedule_is_a_choice_and_rewinding_searches_no_lr() -> None:
     assert (one_shot["lr_schedule"], one_shot["lr"]) == ("rewind", None)
 
 
+def test_distillation_is_absent_by_default_and_a_choice_when_asked() -> None:
+    assert all("distill" not in c and "distill" not in p for p, c in _sample(SearchConfig.create(), 10))
+    cfg = SearchConfig.create(distill_weights=[0, 0.5], distill_temperature=3.0)
+    seen = set()
+    for params, config in _sample(cfg, 40):
+        seen.add(config["distill"])
+        assert params["distill"] == config["distill"] and config["distill_temperature"] == 3.0
+    assert seen == {0.0, 0.5}
+    # warm starts use the first weight listed; one weight is fixed, not an Optuna parameter
+    assert {p["distill"] for p in warm_start_points(cfg)} == {0.0}
+    fixed = SearchConfig.create(distill_weights=[0.9])
+    assert all("distill" not in p for p in warm_start_points(fixed))
+    assert {c["distill"] for _, c in _sample(fixed, 5)} == {0.9}
+    with pytest.raises(ConfigError, match="distill_weights.*in \\[0, 1\\].*1.5"):
+        SearchConfig.create(distill_weights=[0.5, 1.5])
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        SearchConfig.create(distill_weights=[0.5], distill_temperature=0)
+    with pytest.raises(ConfigError, match="'distill' needs distill_weights"):
+        warm_start_points(SearchConfig.create(warm_start=[{"distill": 0.5}]))
+    with pytest.raises(ConfigError, match="distill=0.3 is not one of"):
+        warm_start_points(cfg.updated(warm_start=[{"distill": 0.3}]))
+
+
 def test_one_shot_lrs_is_one_shot_at_three_lrs_in_the_range() -> None:
     cfg = SearchConfig.create(warm_start=["one_shot_lrs"])
     schedules = [_ask_with(cfg, p) for p in warm_start_points(cfg)]

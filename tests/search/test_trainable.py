@@ -152,6 +152,20 @@ def test_learning_rate_rewinding_trial_runs_without_an_lr(tmp_path, baseline_cac
     assert rec.rows[-1]["reached_target"] and 0 <= rec.rows[-1]["score"] <= 1
 
 
+def test_distilling_trial_learns_from_the_unpruned_model(tmp_path, baseline_cache) -> None:
+    """distill 0 is the plain trial bit for bit; distill > 0 fine-tunes differently, and its
+    teacher is the dense baseline (a ticket trial's every fine-tune included)."""
+    plain = run_schedule(_config(baseline_cache, "agp", 2), _Recorder(tmp_path / "a"))
+    zero = run_schedule({**_config(baseline_cache, "agp", 2), "distill": 0.0}, _Recorder(tmp_path / "b"))
+    assert [r["score"] for r in zero] == [r["score"] for r in plain]
+    taught = run_schedule({**_config(baseline_cache, "agp", 2), "distill": 0.9, "distill_temperature": 2.0},
+                          _Recorder(tmp_path / "c"))
+    assert len(taught) == 2 and taught[-1]["reached_target"]
+    assert [r["score"] for r in taught] != [r["score"] for r in plain]
+    ticket = run_schedule({**_config(baseline_cache, "lottery_ticket", 2), "distill": 0.5}, _Recorder(tmp_path / "d"))
+    assert ticket[-1]["reached_target"] and 0 <= ticket[-1]["score"] <= 1
+
+
 def test_channel_target_counts_as_reached_within_per_layer_rounding(tmp_path, baseline_cache) -> None:
     """int(s * n) channels per layer can stop short of s by more than the 0.02 tolerance
     (0.523 for a 0.562 target on digits): the trial's tolerance widens by that slack."""

@@ -671,3 +671,27 @@ def test_cifar_example_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.
     net = cifar.ResNet20()
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert 0.26e6 < sum(p.numel() for p in net.parameters()) < 0.28e6
+
+
+def test_distillation_from_a_teacher_for_a_users_own_model() -> None:
+    """distill 0 is the plain fine-tune bit for bit; weight 1 trains on the teacher alone (the
+    user's loss contributes nothing), and a model whose output is not class scores is refused."""
+    from tune_prune.workloads.distill import Distillation
+
+    workload = _workload()
+    teacher = _model(seed=5)
+    assert _same(_finetuned(workload, 3), _finetuned(workload, 3, distill=Distillation(teacher, 0.0)))
+    only_teacher = _finetuned(workload, 3, distill=Distillation(teacher, 1.0))
+    scaled = _workload(loss=lambda out, y: 3.0 * F.cross_entropy(out, y))  # another loss, same teacher
+    assert _same(only_teacher, _finetuned(scaled, 3, distill=Distillation(teacher, 1.0)))
+    assert not _same(only_teacher, _finetuned(workload, 3, distill=Distillation(teacher, 0.5)))
+    assert workload.finetuner(1.0, 0.05, distill=Distillation(teacher, 0.5)).distill is not None
+
+    class Regressor(TinyNet):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x).sum(dim=1)
+
+    regression = from_dataloaders(Regressor, train=_loader(), val=_loader(16, shuffle=False), device="cpu",
+                                  loss=lambda out, y: ((out - y.float()) ** 2).mean())
+    with pytest.raises(WorkloadError, match="distillation needs \\(batch, classes\\) float logits"):
+        regression.finetune(Regressor(), 0.5, 0.05, 0, distill=Distillation(Regressor(), 0.5))

@@ -18,6 +18,7 @@ from tune_prune.pruning.config import resolve_config_list
 from tune_prune.pruning.pruners.allocation import num_pruned, rounded_prune
 from tune_prune.pruning.pruners.registry import get_pruner_class
 from tune_prune.search.registry import CHANNEL_PARAMS, generator_spec
+from tune_prune.workloads.distill import DEFAULT_TEMPERATURE, Distillation, check_distill_weight
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +198,16 @@ def rewind_steps(trial: dict[str, Any], workload: Any) -> int:
     steps_per_epoch = getattr(workload, "steps_per_epoch", None)
     per_epoch = int(steps_per_epoch()) if callable(steps_per_epoch) else 16
     return max(1, round(0.25 * per_epoch))
+
+
+def distillation(trial: dict[str, Any], dense: Any) -> Distillation | None:
+    """The trial's distillation from the dense model (``distill`` > 0), or None (plain fine-tuning).
+
+    The teacher is a frozen copy of ``dense`` taken before any pruning, so every
+    fine-tune of the trial (and a retrained ticket) learns from the unpruned network.
+    """
+    weight = check_distill_weight(trial.get("distill", 0.0) or 0.0)
+    if weight == 0.0:
+        return None
+    temperature = trial.get("distill_temperature", DEFAULT_TEMPERATURE)
+    return Distillation.from_dense(dense, weight, DEFAULT_TEMPERATURE if temperature is None else temperature)

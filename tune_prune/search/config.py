@@ -33,6 +33,7 @@ from tune_prune.search.registry import (
 from tune_prune.search.warm_start import warm_start_points
 from tune_prune.workloads import resolve_workload_spec
 from tune_prune.workloads.base import LR_SCHEDULES
+from tune_prune.workloads.distill import DEFAULT_TEMPERATURE
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,17 @@ class SearchConfig(BaseModel):
         "over each fine-tune), 'constant', 'rewind' (learning-rate rewinding, Renda et al. 2020: "
         "replay the dense training's last lrs; no lr is searched then). Default: the "
         "workload's own schedule, not searched (cosine for the built-in workloads)",
+    )
+    distill_weights: list[float] | None = Field(
+        None,
+        description="weights of a distillation loss from the dense model the search chooses from, "
+        "each in [0, 1] (0 = plain fine-tuning): a trial's fine-tunes then also match the dense "
+        "model's softened outputs (Hinton et al. 2015; loss = (1 - w) CE + w T^2 KL), at one extra "
+        "forward of the dense model per step. Warm starts use the first listed. Default: none, "
+        "plain fine-tuning (NNI's)",
+    )
+    distill_temperature: float = Field(
+        DEFAULT_TEMPERATURE, gt=0.0, description="softmax temperature T of the distillation loss"
     )
     channel_options: dict[str, Any] | None = Field(
         None,
@@ -323,6 +335,18 @@ class SearchConfig(BaseModel):
             if v not in PRUNER_MODES:
                 raise ValueError(f"unknown or unsupported pruner {v!r} (supported: {list(PRUNER_MODES)})")
         return list(dict.fromkeys(out))
+
+    @field_validator("distill_weights")
+    @classmethod
+    def _check_distill_weights(cls, value: list[float] | None) -> list[float] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one weight (0 = plain fine-tuning)")
+        for v in value:
+            if isinstance(v, bool) or not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"each weight must be in [0, 1], got {v!r}")
+        return list(dict.fromkeys(float(v) for v in value))
 
     @field_validator("lr_schedules")
     @classmethod

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 #: Trial config keys copied into the export's spec.
 SPEC_CONFIG_KEYS = (
     "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "lr_schedule", "reset_weight",
+    "distill", "distill_temperature",
     "rewind", "curve_exponent", "sa_cool_downs", "sa_start_temperature", "sa_stop_temperature",
     "sa_cool_down_rate", "sa_perturbation_magnitude",
 )

@@ -34,7 +34,7 @@ LIVE_FILE = "trials_live.csv"
 COLUMNS = (
     "trial_id", "stage", "iteration", "planned_iterations", "schedule_done",
     "generator", "pruner", "mode", "total_iteration", "finetune_epochs", "lr", "lr_schedule",
-    "reset_weight", "warm_start", "score", "test_score", "sparsity", "reached_target",
+    "distill", "reset_weight", "warm_start", "score", "test_score", "sparsity", "reached_target",
     "objective", "params", "macs", "latency_ms", "finetune_epochs_cum", "time_total_s", "timestamp",
 )
 

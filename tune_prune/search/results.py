@@ -52,6 +52,8 @@ CONFIG_KEYS = (
     "finetune_epochs",
     "lr",
     "lr_schedule",
+    "distill",
+    "distill_temperature",
     "reset_weight",
     "rewind",
     "curve_exponent",

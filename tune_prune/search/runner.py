@@ -79,6 +79,7 @@ from tune_prune.search.warm_start import warm_start_points
 from tune_prune.workloads import get_workload, load_or_train_baseline, read_baseline_metadata
 from tune_prune.workloads.base import (
     ClassificationWorkload,
+    _accepts_keyword,
     apply_pretrained,
     check_score,
     finite_real,
@@ -417,6 +418,7 @@ def check_workload(cfg: SearchConfig, say: Printer | None = None) -> Checked:
     fresh = _build_fresh(cfg, workload)
     _check_prunable(cfg, fresh)
     _check_rewind(cfg, workload)
+    _check_distill(cfg, workload)
     check_score(workload, _evaluate(cfg, workload, fresh, "val", "a freshly built model"), "untrained model")
     # The splits are checked on the fresh model: a typo costs no baseline training.
     _check_test_split(cfg, workload, fresh, "untrained model")
@@ -484,6 +486,19 @@ def _check_rewind(cfg: SearchConfig, workload: Any) -> None:
         )
     if lrs is not None:
         workload.baseline_lrs()  # a workload's own ConfigError, before Ray rather than in each trial
+
+
+def _check_distill(cfg: SearchConfig, workload: Any) -> None:
+    """Distillation needs a ``finetune`` that takes ``distill``: ConfigError naming
+    ``distill_weights`` before Ray starts rather than a failure in every distilled trial."""
+    if not any(w > 0 for w in (cfg.distill_weights or [])):
+        return
+    if not _accepts_keyword(workload.finetune, "distill"):
+        raise ConfigError(
+            f"distill_weights={cfg.distill_weights!r}: workload {cfg.workload!r} "
+            f"({type(workload).__qualname__}) has a finetune() without a distill parameter; "
+            "leave distill_weights out or add finetune(..., distill=None)"
+        )
 
 
 def _build_fresh(cfg: SearchConfig, workload: Any) -> Any:

@@ -122,7 +122,7 @@ def _run_pruning(fixed: dict[str, Any], trial: dict[str, Any], restore: Path | N
                                stats_pass.kwargs)
     lr = trial.get("lr")
     base_finetuner = workload.finetuner(float(trial["finetune_epochs"]), None if lr is None else float(lr), seed,
-                                        lr_schedule=trial.get("lr_schedule"))
+                                        lr_schedule=trial.get("lr_schedule"), distill=build.distillation(trial, model))
     reset_weight = bool(trial.get("reset_weight", False))
     evaluator = _ScoreWithTest(workload.evaluator(score_split), fixed.get("test_split"), workload)
 

@@ -109,6 +109,10 @@ def define_space(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
             if cfg.lr_min == cfg.lr_max
             else trial.suggest_float("lr", cfg.lr_min, cfg.lr_max, log=True)
         )
+    if cfg.distill_weights is not None:  # absent unless asked for: the space stays NNI's
+        weights = list(cfg.distill_weights)
+        out["distill"] = trial.suggest_categorical("distill", weights) if len(weights) > 1 else weights[0]
+        out["distill_temperature"] = cfg.distill_temperature
     return out
 
 

@@ -33,7 +33,7 @@ WARM_START_PRESETS = ("one_shot", "one_shot_lrs", "agp", "annealing")
 WARM_START_KEYS = (
     "generator", "pruner", "mode", "total_iteration", "reset_weight", "rewind",
     *sorted({p[0] for spec in GENERATORS.values() for p in spec.float_params}),
-    "lr", "lr_schedule", "finetune_epochs", *CHANNEL_PARAMS,
+    "lr", "lr_schedule", "distill", "finetune_epochs", *CHANNEL_PARAMS,
 )
 #: Generator-only float parameters, by name -> the generator that owns it.
 _FLOAT_PARAM_OWNERS = {p[0]: spec for spec in GENERATORS.values() for p in spec.float_params}
@@ -70,6 +70,8 @@ def warm_start_schedule(name: str, cfg: SearchConfig) -> dict[str, Any]:
     if cfg.lr_schedules is not None:
         schedule = "cosine" if "cosine" in cfg.lr_schedules else cfg.lr_schedules[0]
         lr = {"lr_schedule": schedule} if schedule == "rewind" else {**lr, "lr_schedule": schedule}
+    if cfg.distill_weights is not None:
+        lr["distill"] = cfg.distill_weights[0]
     if name == "one_shot":
         if not fixed:
             once = [name for name, spec in GENERATORS.items() if spec.can_prune_once]
@@ -216,6 +218,12 @@ def _schedule_params(schedule: dict[str, Any], cfg: SearchConfig) -> dict[str, A
         choice("lr_schedule", searched)
         if len(searched) == 1:
             params.pop("lr_schedule")
+    if "distill" in schedule:
+        if cfg.distill_weights is None:
+            raise ValueError("'distill' needs distill_weights (the weights the search may choose)")
+        choice("distill", cfg.distill_weights)
+        if len(cfg.distill_weights) == 1:
+            params.pop("distill")
     rewinding_lr = schedule.get("lr_schedule", searched[0] if len(searched) == 1 else None)
     if "lr" in schedule and rewinding_lr == "rewind":
         raise ValueError("'lr' with lr_schedule 'rewind': learning-rate rewinding takes no lr")

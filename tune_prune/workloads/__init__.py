@@ -31,6 +31,7 @@ from tune_prune.workloads.base import (
     read_baseline_metadata,
 )
 from tune_prune.workloads.dataloaders import DataLoaderWorkload, from_dataloaders
+from tune_prune.workloads.distill import Distillation
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ __all__ = [
     "BUILTIN_WORKLOADS",
     "ClassificationWorkload",
     "DataLoaderWorkload",
+    "Distillation",
     "Evaluator",
     "Finetuner",
     "TrainConfig",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from tune_prune.atomic import atomic_write, file_lock
 from tune_prune.errors import ConfigError, WorkloadError
+from tune_prune.workloads.distill import Distillation
 
 logger = logging.getLogger(__name__)
 
@@ -329,12 +330,15 @@ class Workload(ABC):
         lr: float,
         seed: int,
         lr_schedule: str | None = None,
+        distill: Distillation | None = None,
     ) -> dict[str, Any]:
         """Train ``model`` in place with a fresh optimizer; raise WorkloadError on NaN/inf.
 
         ``lr_schedule`` is one of :data:`LR_SCHEDULES`, or None for the workload's
-        default. Optional for subclasses: one whose ``finetune`` does not take it still
-        works with ``finetuner(..., lr_schedule=None)`` (the default).
+        default. ``distill`` (None: plain fine-tuning) adds a distillation loss from the
+        dense teacher (:mod:`tune_prune.workloads.distill`). Both are optional for
+        subclasses: one whose ``finetune`` takes neither still works with
+        ``finetuner(...)`` when neither is asked for (the defaults).
         """
 
     @abstractmethod
@@ -408,13 +412,15 @@ class Workload(ABC):
         lr: float | None = None,
         seed: int = 0,
         lr_schedule: str | None = None,
+        distill: Distillation | None = None,
     ) -> Finetuner:
         """Plain ``f(model)`` for ``PruningScheduler(finetuner=...)``; same seed on every call.
 
-        ``lr_schedule`` (one of :data:`LR_SCHEDULES`; None = the workload's default) is
-        passed to ``finetune`` only when it is not None, so a subclass whose ``finetune``
-        lacks that parameter keeps working; asking such a workload for a schedule raises
-        ConfigError here rather than a TypeError mid-search.
+        ``lr_schedule`` (one of :data:`LR_SCHEDULES`; None = the workload's default) and
+        ``distill`` (a :class:`~tune_prune.workloads.distill.Distillation`; None = none)
+        are passed to ``finetune`` only when they are not None, so a subclass whose
+        ``finetune`` lacks those parameters keeps working; asking such a workload for
+        one raises ConfigError here rather than a TypeError mid-search.
         """
         _check_epochs("epochs", epochs)
         lr = float(getattr(self.config, "finetune_lr", 0.01)) if lr is None else lr
@@ -426,7 +432,14 @@ class Workload(ABC):
                 f"{getattr(self, 'name', type(self).__name__)!r} ({type(self).__qualname__}) "
                 f"has a finetune() without an lr_schedule parameter; leave lr_schedule=None"
             )
-        return Finetuner(self, float(epochs), float(lr), int(seed), lr_schedule=lr_schedule)
+        if distill is not None and not isinstance(distill, Distillation):
+            raise ConfigError(f"distill must be a Distillation or None, got {type(distill).__name__}")
+        if distill is not None and not _accepts_keyword(self.finetune, "distill"):
+            raise ConfigError(
+                f"distillation was asked for, but workload {getattr(self, 'name', type(self).__name__)!r} "
+                f"({type(self).__qualname__}) has a finetune() without a distill parameter; set distill to 0"
+            )
+        return Finetuner(self, float(epochs), float(lr), int(seed), lr_schedule=lr_schedule, distill=distill)
 
     def evaluator(self, split: str = "val") -> Evaluator:
         """Plain ``f(model) -> float`` for ``PruningScheduler(evaluator=...)``."""
@@ -446,9 +459,13 @@ class Finetuner:
     #: None: the workload's default schedule, and ``finetune`` is called without the
     #: keyword (so workloads whose ``finetune`` lacks it keep working).
     lr_schedule: str | None = None
+    #: None: plain fine-tuning, and ``finetune`` is called without the keyword.
+    distill: Distillation | None = None
 
     def __call__(self, model: nn.Module) -> None:
-        kwargs = {} if self.lr_schedule is None else {"lr_schedule": self.lr_schedule}
+        kwargs: dict[str, Any] = {} if self.lr_schedule is None else {"lr_schedule": self.lr_schedule}
+        if self.distill is not None:
+            kwargs["distill"] = self.distill
         self.last_stats = self.workload.finetune(model, self.epochs, self.lr, self.seed, **kwargs)
 
 
@@ -526,6 +543,7 @@ class ClassificationWorkload(Workload):
         lr: float,
         seed: int = 0,
         lr_schedule: str | None = None,
+        distill: Distillation | None = None,
     ) -> dict[str, Any]:
         """SGD(momentum, weight decay) with a fresh optimizer; fractional epochs allowed.
 
@@ -542,6 +560,9 @@ class ClassificationWorkload(Workload):
           at ``baseline_lr`` under ``config.lr_schedule``) used at its step
           E - K + k, E being its step count; see :meth:`rewind_lrs`, which also
           says what happens when K > E. ``lr`` is ignored (still validated).
+
+        ``distill`` (None: cross-entropy alone) mixes in the dense teacher's softened
+        outputs (:class:`~tune_prune.workloads.distill.Distillation`).
         """
         _check_epochs("epochs", epochs)
         _check_lr("lr", lr)
@@ -568,8 +589,11 @@ class ClassificationWorkload(Workload):
         )
         criterion = self.criterion
         generator = torch.Generator().manual_seed(seed)
+        loss_of = (lambda m, x, y: criterion(m(x), y)) if distill is None else distill.loss_of(criterion)
+        if distill is not None:
+            distill.teacher.to(self.device)
         stats = fit_steps(self.name, model, optimizer, lambda: self._train_batches(generator), total, spe,
-                          lambda m, x, y: criterion(m(x), y), schedule_name, rewind)
+                          loss_of, schedule_name, rewind)
         model.train(was_training)
         return stats
 

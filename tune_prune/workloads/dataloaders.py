@@ -42,6 +42,7 @@ from tune_prune.workloads.base import (
     pretrained_digest,
     resolve_device,
 )
+from tune_prune.workloads.distill import Distillation
 
 logger = logging.getLogger(__name__)
 
@@ -361,11 +362,12 @@ class DataLoaderWorkload(Workload):
         lr: float | None = None,
         seed: int = 0,
         lr_schedule: str | None = None,
+        distill: Distillation | None = None,
     ) -> Finetuner:
         """As :meth:`Workload.finetuner`; refuses 'rewind' up front when it cannot work."""
         if lr_schedule == "rewind":
             self._refuse_rewind_without_baseline_schedule()
-        return super().finetuner(epochs, lr, seed, lr_schedule)
+        return super().finetuner(epochs, lr, seed, lr_schedule, distill)
 
     def finetune(
         self,
@@ -374,6 +376,7 @@ class DataLoaderWorkload(Workload):
         lr: float,
         seed: int = 0,
         lr_schedule: str | None = None,
+        distill: Distillation | None = None,
     ) -> dict[str, Any]:
         """Train ``model`` in place with a fresh optimizer, as ClassificationWorkload does.
 
@@ -381,7 +384,9 @@ class DataLoaderWorkload(Workload):
         mid-epoch); ``lr_schedule`` "cosine" anneals ``lr`` to 0 over the K steps,
         "constant" keeps it, "rewind" replays the baseline's last K lrs (see
         :meth:`rewind_lrs`; ConfigError with ``pretrained`` weights). WorkloadError when
-        the loss turns NaN/inf.
+        the loss turns NaN/inf. ``distill`` (None: the loss alone) mixes in the dense
+        teacher's softened outputs (:mod:`tune_prune.workloads.distill`; the model must
+        output (batch, classes) logits, else WorkloadError).
 
         Reproducible: the call runs with torch's (and Python's and NumPy's) global RNGs
         seeded from ``seed``, so a shuffling sampler without its own generator, the
@@ -405,10 +410,15 @@ class DataLoaderWorkload(Workload):
         model.train()
         optimizer = self._make_optimizer(model.parameters(), lr)
         loader = self.loader("train")
+        if distill is None:
+            loss_of = lambda m, x, y: self._training_loss(m, x, y, self._loss)  # noqa: E731
+        else:
+            distill.teacher.to(self.device)
+            loss_of = distill.loss_of(lambda out, y: self._checked_loss(out, y, self._loss),
+                                      forward=lambda m, x: self._forward(m, x, "train"))
         with self._seeded(loader, seed):
             stats = fit_steps(self.name, model, optimizer, lambda: self._batches("train", loader), total,
-                              steps_per_epoch, lambda m, x, y: self._training_loss(m, x, y, self._loss),
-                              schedule_name, rewind)
+                              steps_per_epoch, loss_of, schedule_name, rewind)
         model.train(was_training)
         return stats
 
@@ -534,7 +544,10 @@ class DataLoaderWorkload(Workload):
     def _training_loss(
         self, model: nn.Module, x: Tensor, y: Tensor, criterion: Callable[[Any, Tensor], Tensor]
     ) -> Tensor:
-        outputs = self._forward(model, x, "train")
+        return self._checked_loss(self._forward(model, x, "train"), y, criterion)
+
+    def _checked_loss(self, outputs: Any, y: Tensor, criterion: Callable[[Any, Tensor], Tensor]) -> Tensor:
+        """``criterion(outputs, y)``, or WorkloadError when it fails or is not a one-element tensor."""
         try:
             loss = criterion(outputs, y)
         except torch.OutOfMemoryError:
