@@ -5,8 +5,11 @@ Issue 14, item 2. Models: the CIFAR ResNet-20 (``tune_prune.workloads.cifar.Cifa
 (``tune_prune.workloads.digits.DigitsResNet()``, 8x8 inputs), both random init (seed 0;
 latency does not depend on the weights), dense and channel-pruned at each
 ``--sparsities`` (dependency-aware L1 masks from ``benchmarks/speedup_latency.py``'s
-``l1_group_masks`` + ``speedup_model``, as that script does). For each model, sparsity
-and batch size (1 and 64), the median CPU latency of one forward in each runtime:
+``l1_group_masks`` + ``speedup_model``, as that script does; with ``--round-to 8 16``
+also ``L1NormPruner(mode="dependency_aware", round_to=r)``, whose kept channels per
+group are a multiple of r, the widths ONNX Runtime's blocked layout wants). For each
+model, sparsity (and round_to) and batch size (1 and 64), the median CPU latency of one
+forward in each runtime:
 
 1. ``eager NCHW``: the eager PyTorch model, default (contiguous NCHW) layout: the baseline;
 2. ``eager channels_last``: model and input in ``torch.channels_last`` (the input is
@@ -64,6 +67,7 @@ except ImportError:  # run as a file: benchmarks/ is not a package
 from tune_prune.export import save_pruned
 from tune_prune.export.folder import ONNX_FILE
 from tune_prune.pruning.measure import count_macs
+from tune_prune.pruning.pruners.norm import L1NormPruner
 from tune_prune.pruning.speedup import speedup_model
 from tune_prune.workloads.cifar import CifarResNet
 from tune_prune.workloads.digits import DigitsResNet
@@ -108,10 +112,12 @@ class Case:
     sparsity: float
     macs: int
     batch: int
+    round_to: int = 1
     forwards: dict[str, Forward] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # variant -> why it did not run
     diffs: dict[str, float] = field(default_factory=dict)
     times: dict[str, list[float]] = field(default_factory=dict)
+    widths: str = ""  # the distinct conv widths, e.g. "12/24/48"
 
 
 # ----------------------------------------------------------------------------- variants
@@ -207,35 +213,54 @@ def time_forward(fwd: Forward, repeats: int, warmup: int) -> float:
 # ----------------------------------------------------------------------------- building
 
 
-def pruned_models(name: str, sparsities: Sequence[float]) -> list[tuple[float, nn.Module, int]]:
-    """(sparsity, eval model, MACs per sample) for the dense model (0) and each sparsity."""
+def pruned_models(
+    name: str, sparsities: Sequence[float], round_tos: Sequence[int] = (1,)
+) -> list[tuple[float, int, nn.Module, int]]:
+    """(sparsity, round_to, eval model, MACs per sample): the dense model (0, 1), then each
+    sparsity at each round_to (1: ``l1_group_masks``, the recorded table's masks; r > 1:
+    ``L1NormPruner(mode="dependency_aware", round_to=r)``)."""
     build, shape = MODELS[name]
     torch.manual_seed(0)
     dense = build().eval()
     x1 = torch.randn(1, *shape)
-    out = [(0.0, dense, count_macs(dense, x1))]
+    out = [(0.0, 1, dense, count_macs(dense, x1))]
     for s in sparsities:
         if s <= 0:
             continue
-        masks = l1_group_masks(dense, x1, s)
-        compact, _remaining, _ = speedup_model(copy.deepcopy(dense), masks, x1)
-        compact.eval()
-        out.append((s, compact, count_macs(compact, x1)))
+        for r in round_tos:
+            if r == 1:
+                masks = l1_group_masks(dense, x1, s)
+            else:
+                work = copy.deepcopy(dense)
+                config = [{"op_types": ["Conv2d"], "sparsity_per_layer": s}]
+                pruner = L1NormPruner(work, config, mode="dependency_aware", dummy_input=x1, round_to=r)
+                _, masks = pruner.compress()
+                pruner._unwrap_model()
+            compact, _remaining, _ = speedup_model(copy.deepcopy(dense), masks, x1)
+            compact.eval()
+            out.append((s, r, compact, count_macs(compact, x1)))
     return out
+
+
+def conv_widths(model: nn.Module) -> str:
+    """The distinct output-channel counts of the model's convs, ascending ("12/24/48")."""
+    widths = sorted({m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)})
+    return "/".join(str(w) for w in widths)
 
 
 def build_case(
     name: str, sparsity: float, model: nn.Module, macs: int, batch: int, args: argparse.Namespace,
-    workdir: Path,
+    workdir: Path, round_to: int = 1,
 ) -> Case:
     _, shape = MODELS[name]
     gen = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, *shape, generator=gen)
-    case = Case(name, sparsity, macs, batch)
+    case = Case(name, sparsity, macs, batch, round_to)
+    case.widths = conv_widths(model)
     makers: dict[str, Callable[[], Forward]] = {
         EAGER: lambda: make_eager(model, x),
         CHANNELS_LAST: lambda: make_channels_last(model, x),
-        ORT: lambda: make_ort(model, x, args.threads, workdir / f"{name}_{sparsity}_{batch}"),
+        ORT: lambda: make_ort(model, x, args.threads, workdir / f"{name}_{sparsity}_{round_to}_{batch}"),
     }
     if not args.no_jit:
         makers[JIT] = lambda: make_jit(model, x)
@@ -265,12 +290,19 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.2f}"
 
 
+def _sparsity(case: Case) -> str:
+    """The sparsity cell: "0.25", or "0.25, round_to 8 (8/24/48)" with the conv widths."""
+    if case.round_to == 1:
+        return f"{case.sparsity:g}"
+    return f"{case.sparsity:g}, round_to {case.round_to} ({case.widths})"
+
+
 def long_rows(cases: Sequence[Case]) -> list[list[str]]:
     rows = []
     for c in cases:
         base = statistics.median(c.times[EAGER])
         for variant in VARIANTS:
-            head = [c.model, f"{c.sparsity:g}", f"{c.macs:,}", str(c.batch), variant]
+            head = [c.model, _sparsity(c), f"{c.macs:,}", str(c.batch), variant]
             if variant in c.times:
                 lat = statistics.median(c.times[variant])
                 rows.append(head + [_ms(lat), f"{base / lat:.2f}x", f"{c.diffs[variant]:.1e}"])
@@ -285,7 +317,7 @@ def wide_rows(cases: Sequence[Case]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in cases:
         base = statistics.median(c.times[EAGER])
-        row = [c.model, f"{c.sparsity:g}", f"{c.macs:,}", str(c.batch), _ms(base)]
+        row = [c.model, _sparsity(c), f"{c.macs:,}", str(c.batch), _ms(base)]
         for variant in VARIANTS[1:]:
             if variant in c.times:
                 lat = statistics.median(c.times[variant])
@@ -321,6 +353,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="channel sparsities pruned (default 0.25 0.5; the dense model is "
                    "always included)")
     p.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 64)")
+    p.add_argument("--round-to", type=int, nargs="+", default=[1], dest="round_to",
+                   help="round_to values each sparsity is pruned at (default 1; e.g. 1 8 16: "
+                   "kept channels a multiple of r)")
     p.add_argument("--rounds", type=int, help="interleaved rounds, median taken (default 7)")
     p.add_argument("--repeats", type=int, help="timed calls per variant per round (default 10)")
     p.add_argument("--warmup", type=int, help="untimed calls per variant per round (default 3)")
@@ -341,6 +376,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.threads < 1 or args.rounds < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--threads, --rounds and --repeats must be >= 1, --warmup >= 0")
+    if any(r < 1 for r in args.round_to):
+        p.error(f"--round-to values must be integers >= 1, got {args.round_to}")
     return args
 
 
@@ -355,10 +392,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="export_runtime_") as tmp:
         for name in args.models:
-            for sparsity, model, macs in pruned_models(name, args.sparsities):
+            for sparsity, round_to, model, macs in pruned_models(name, args.sparsities, args.round_to):
                 for batch in args.batches:
-                    print(f"building {name} s={sparsity:g} batch {batch}", file=sys.stderr)
-                    cases.append(build_case(name, sparsity, model, macs, batch, args, Path(tmp)))
+                    print(f"building {name} s={sparsity:g} round_to {round_to} batch {batch}", file=sys.stderr)
+                    cases.append(build_case(name, sparsity, model, macs, batch, args, Path(tmp), round_to))
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             for case in cases:

@@ -86,3 +86,13 @@ def test_without_onnxruntime_the_ort_rows_say_skipped(monkeypatch: pytest.Monkey
     ort = [r for r in rows if r[4] == bench.ORT]
     assert len(ort) == 2 and all(r[5] == "skipped (onnxruntime not installed)" for r in ort)
     assert all(r[5] == "skipped (--no-jit)" for r in rows if r[4] == bench.JIT)
+
+
+def test_round_to_keeps_multiples_of_it_and_labels_the_rows() -> None:
+    models = bench.pruned_models("resnet20", [0.25], [1, 8, 16])
+    assert [(s, r) for s, r, _, _ in models] == [(0.0, 1), (0.25, 1), (0.25, 8), (0.25, 16)]
+    widths = {r: bench.conv_widths(m) for s, r, m, _ in models if s}
+    assert widths == {1: "12/24/48", 8: "8/24/48", 16: "16/48"}  # 12 -> 8 or 16 (never below r)
+    case = bench.Case("resnet20", 0.25, 1, 1, round_to=8, widths=widths[8])
+    assert bench._sparsity(case) == "0.25, round_to 8 (8/24/48)"
+    assert bench._sparsity(bench.Case("resnet20", 0.25, 1, 1)) == "0.25"
