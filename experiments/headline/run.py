@@ -10,7 +10,10 @@ MACs by channels), per seed (each starts from that seed's cached dense baseline)
   ``IMP + rewinding`` (iterative magnitude pruning, weights rewound to the dense model
   after each round, the last ticket retrained: NNI's lottery-ticket order); each given
   (i) the search's final-schedule budget and (ii) everything the default search paid on
-  that (target, seed) (the searches run first; its screening plus its finalists);
+  that (target, seed) (the searches run first; its screening plus its finalists); with
+  ``--swept`` also (iii) "swept": that paid budget split over the lr grid (each lr gets
+  paid / len(lrs)), so the lr sweep that picks a hand schedule's lr costs what the search
+  paid, as the search's own lr choice does;
 - the search at its CLI defaults, at 16 trials, and random search (same defaults).
 
 All runs go through ``tune_prune.search.run_schedule`` / ``run_search``, so pruning,
@@ -95,9 +98,11 @@ def run_hand(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     rows = run_schedule({"fixed": job["fixed"], **job["trial"]})
     last = rows[-1]
+    # a swept row's cost is its whole lr sweep (sweep_runs runs of this budget)
+    paid = last["finetune_epochs_cum"] * job.get("sweep_runs", 1)
     return {**job["key"], "val": last["objective"], "test": last["test_score"], "sparsity": last["sparsity"],
             "macs_ratio": last["macs_ratio"], "epochs_final": last["finetune_epochs_cum"],
-            "epochs_paid": last["finetune_epochs_cum"], "seconds": time.perf_counter() - start,
+            "epochs_paid": paid, "seconds": time.perf_counter() - start,
             "schedule": json.dumps(job["trial"], sort_keys=True)}
 
 
@@ -172,7 +177,7 @@ def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
                     and r.get("budget_name", "") == budget}
 
         search = by_seed("search (defaults)")
-        for budget in ("final", "paid"):
+        for budget in ("final", "paid", "swept"):
             hands = {m: by_seed(m, budget) for m in (*HAND, DISTILLED)}
             hands = {m: v for m, v in hands.items() if v}
             if not hands or not search:
@@ -202,6 +207,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3],
                         help="the hand schedules' lr grid (picked on validation per seed)")
     parser.add_argument("--agp-iterations", type=int, default=5)
+    parser.add_argument("--swept", action="store_true",
+                        help="add each hand schedule given the search's paid budget split over the lr "
+                        "grid (paid / len(--lrs) per lr): its lr sweep then costs what the search paid")
     parser.add_argument("--hand-distill", type=float, default=None, metavar="W",
                         help=f"add the hand row {DISTILLED!r}: one-shot whose fine-tune distils from the "
                         "dense model at weight W (temperature: the search's distill_temperature), at every "
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> str:
         ray.shutdown()
     reused = 0
     for rec in hand_reused:  # a paid row only where the search paid what it was given
-        if rec.get("budget_name") != "paid" or abs(rec["epochs_paid"] - paid_by.get(
+        if rec.get("budget_name") not in ("paid", "swept") or abs(rec["epochs_paid"] - paid_by.get(
                 (rec["target"], rec["seed"]), paid_budget)) < 0.01:
             keep(rec)
             reused += 1
@@ -352,11 +360,14 @@ def main(argv: list[str] | None = None) -> str:
             distill = (args.hand_distill, float(defaults.distill_temperature))
             for method in methods:
                 paid = paid_by.get((token, seed), paid_budget)
-                for budget_name, budget in (("final", final_budget), ("paid", paid)):
+                budgets = [("final", final_budget), ("paid", paid)]
+                if args.swept:
+                    budgets.append(("swept", paid / len(args.lrs)))
+                for budget_name, budget in budgets:
                     for lr in args.lrs:
                         if (token, seed, method, budget_name, lr) in done:
                             continue
-                        jobs.append({"fixed": fixed,
+                        jobs.append({"fixed": fixed, "sweep_runs": len(args.lrs) if budget_name == "swept" else 1,
                                      "trial": hand_schedule(method, kind, budget, lr, args.agp_iterations,
                                                             distill),
                                      "key": {**key, "method": method, "budget_name": budget_name, "lr": lr}})

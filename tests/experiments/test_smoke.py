@@ -172,6 +172,30 @@ def test_headline_hand_distill_adds_a_distilled_one_shot_row(
         headline_main(["--quick", "--hand-distill", "1.5"])
 
 
+def test_headline_swept_rows_split_the_paid_budget_over_the_lr_grid(
+        headline_quick: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--swept: each lr of the grid gets paid / len(lrs), and the row costs the whole sweep."""
+    from experiments.headline import run as headline
+
+    out, _ = headline_quick
+    records = str(out / "first" / "runs.jsonl")
+    headline.main(["--quick", "--cache", str(out / "cache"), "--workers", "1", "--out", str(tmp_path / "sw"),
+                   "--hand-records", records, "--search-records", records, "--swept"])
+    rows = [json.loads(line) for line in (tmp_path / "sw" / "runs.jsonl").read_text().splitlines()]
+    paid = next(r["epochs_paid"] for r in rows if r["method"] == "search (defaults)")
+    swept = [r for r in rows if r.get("budget_name") == "swept"]
+    assert {r["method"] for r in swept} == {"one-shot", "AGP", "IMP + rewinding"}
+    assert all(r["epochs_paid"] == pytest.approx(paid) for r in swept)  # --quick: one lr, the whole budget
+    # with a grid of n lrs each run gets paid / n and the row is charged n runs
+    import tune_prune.search as search_pkg
+
+    monkeypatch.setattr(search_pkg, "run_schedule", lambda config: [
+        {"objective": 0.5, "test_score": 0.4, "sparsity": 0.9, "macs_ratio": 0.1,
+         "finetune_epochs_cum": config["finetune_epochs"]}])
+    rec = headline.run_hand({"fixed": {}, "trial": {"finetune_epochs": 2.5}, "sweep_runs": 4, "key": {}})
+    assert (rec["epochs_final"], rec["epochs_paid"]) == (2.5, 10.0)
+
+
 def test_headline_search_defaults_take_channel_options_for_channel_targets() -> None:
     from experiments.headline.run import search_defaults
     from tune_prune.errors import ConfigError
