@@ -32,19 +32,10 @@ from experiments._common import (
     write_csv,
     write_results,
 )
+from experiments.fidelity.run import run_job  # one schedule in-process: val, TEST, seconds
 
 HERE = Path(__file__).resolve().parent
 MODULE = "experiments.distill.run"
-
-
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    from tune_prune.search import run_schedule
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    last = run_schedule({"fixed": job["fixed"], **job["trial"]})[-1]
-    return {**job["key"], "val": last["objective"], "test": last["test_score"], "sparsity": last["sparsity"],
-            "seconds": time.perf_counter() - start}
 
 
 def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
