@@ -79,7 +79,7 @@ def hand_schedule(method: str, kind: str, budget: float, lr: float, agp_iteratio
     if method == DISTILLED:
         if distill is None:
             raise ValueError(f"{DISTILLED!r} needs distill=(weight, temperature)")
-        return {**base, "generator": "agp", "total_iteration": 1, "finetune_epochs": budget,
+        return {**hand_schedule("one-shot", kind, budget, lr, agp_iterations),
                 "distill": distill[0], "distill_temperature": distill[1]}
     if method == "AGP":
         return {**base, "generator": "agp", "total_iteration": agp_iterations,

@@ -18,7 +18,7 @@ from tune_prune.pruning.config import resolve_config_list
 from tune_prune.pruning.pruners.allocation import num_pruned, rounded_prune
 from tune_prune.pruning.pruners.registry import get_pruner_class
 from tune_prune.search.registry import CHANNEL_PARAMS, generator_spec
-from tune_prune.workloads.distill import DEFAULT_TEMPERATURE, Distillation, check_distill_weight
+from tune_prune.workloads.distill import DEFAULT_TEMPERATURE, Distillation
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ def distillation(trial: dict[str, Any], dense: Any) -> Distillation | None:
     The teacher is a frozen copy of ``dense`` taken before any pruning, so every
     fine-tune of the trial (and a retrained ticket) learns from the unpruned network.
     """
-    weight = check_distill_weight(trial.get("distill", 0.0) or 0.0)
-    if weight == 0.0:
+    weight = trial.get("distill")
+    if not weight:  # absent, None or 0: plain fine-tuning (Distillation checks any other value)
         return None
-    temperature = trial.get("distill_temperature", DEFAULT_TEMPERATURE)
+    temperature = trial.get("distill_temperature")
     return Distillation.from_dense(dense, weight, DEFAULT_TEMPERATURE if temperature is None else temperature)

@@ -33,7 +33,7 @@ from tune_prune.search.registry import (
 from tune_prune.search.warm_start import warm_start_points
 from tune_prune.workloads import resolve_workload_spec
 from tune_prune.workloads.base import LR_SCHEDULES
-from tune_prune.workloads.distill import DEFAULT_TEMPERATURE
+from tune_prune.workloads.distill import DEFAULT_TEMPERATURE, check_distill_weight
 
 logger = logging.getLogger(__name__)
 
@@ -343,10 +343,7 @@ class SearchConfig(BaseModel):
             return None
         if not value:
             raise ValueError("must name at least one weight (0 = plain fine-tuning)")
-        for v in value:
-            if isinstance(v, bool) or not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"each weight must be in [0, 1], got {v!r}")
-        return list(dict.fromkeys(float(v) for v in value))
+        return list(dict.fromkeys(check_distill_weight(v, "each weight") for v in value))
 
     @field_validator("lr_schedules")
     @classmethod

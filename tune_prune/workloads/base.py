@@ -589,9 +589,8 @@ class ClassificationWorkload(Workload):
         )
         criterion = self.criterion
         generator = torch.Generator().manual_seed(seed)
-        loss_of = (lambda m, x, y: criterion(m(x), y)) if distill is None else distill.loss_of(criterion)
-        if distill is not None:
-            distill.teacher.to(self.device)
+        loss_of = ((lambda m, x, y: criterion(m(x), y)) if distill is None
+                   else distill.loss_of(criterion, self.device))
         stats = fit_steps(self.name, model, optimizer, lambda: self._train_batches(generator), total, spe,
                           loss_of, schedule_name, rewind)
         model.train(was_training)

@@ -413,8 +413,7 @@ class DataLoaderWorkload(Workload):
         if distill is None:
             loss_of = lambda m, x, y: self._training_loss(m, x, y, self._loss)  # noqa: E731
         else:
-            distill.teacher.to(self.device)
-            loss_of = distill.loss_of(lambda out, y: self._checked_loss(out, y, self._loss),
+            loss_of = distill.loss_of(lambda out, y: self._checked_loss(out, y, self._loss), self.device,
                                       forward=lambda m, x: self._forward(m, x, "train"))
         with self._seeded(loader, seed):
             stats = fit_steps(self.name, model, optimizer, lambda: self._batches("train", loader), total,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,14 +53,13 @@ def check_temperature(value: Any, name: str = "distill_temperature") -> float:
 class Distillation:
     """The dense teacher and how much the fine-tune listens to it.
 
-    The teacher is frozen (a copy in eval mode, no gradients) when built with
-    :meth:`from_dense`, so fine-tuning the student never moves it.
+    The teacher always runs in eval mode under ``no_grad``; :meth:`from_dense` also
+    makes it a copy without gradients, so fine-tuning the student never moves it.
     """
 
     teacher: nn.Module
     weight: float
     temperature: float = DEFAULT_TEMPERATURE
-    _frozen: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.weight = check_distill_weight(self.weight)
@@ -74,18 +73,23 @@ class Distillation:
         teacher = copy.deepcopy(model).eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
-        return cls(teacher, weight, temperature, _frozen=True)
+        return cls(teacher, weight, temperature)
 
     def loss_of(
-        self, criterion: Callable[[Tensor, Tensor], Tensor], forward: Callable[[nn.Module, Tensor], Any] | None = None
+        self,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+        device: torch.device | str,
+        forward: Callable[[nn.Module, Tensor], Any] | None = None,
     ) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
         """``loss_of(model, x, y)`` for :func:`~tune_prune.workloads.base.fit_steps`.
 
+        Moves the teacher to ``device`` and into eval mode once, here, not every step.
         ``forward(model, x)`` runs a model (default ``model(x)``); with weight 0 the
         teacher never runs and the loss is ``criterion`` alone, bit for bit.
         """
         run = forward or (lambda m, x: m(x))
         weight, temperature = self.weight, self.temperature
+        self.teacher.to(device).eval()
 
         def loss_of(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
             student = run(model, x)
@@ -93,10 +97,7 @@ class Distillation:
             if weight == 0.0:
                 return hard
             with torch.no_grad():
-                was_training = self.teacher.training
-                self.teacher.eval()
                 teacher = run(self.teacher, x)
-                self.teacher.train(was_training)
             return (1.0 - weight) * hard + weight * soft_loss(student, teacher, temperature)
 
         return loss_of
